@@ -1,0 +1,1 @@
+"""The ``emoreg`` command line."""

@@ -1,0 +1,97 @@
+"""``emoreg extract``: extract emotion vectors and write a bundle with its validation report."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from emoreg.cli.common import add_model_arguments, parse_layers, parse_names
+
+logger = logging.getLogger(__name__)
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "extract",
+        help="extract emotion vectors from a model and save a bundle",
+        description="Extract emotion vectors (difference of means over stories, neutral principal components "
+                    "projected out) at every layer, save the bundle and its validation report.",
+    )
+    add_model_arguments(parser)
+    parser.add_argument("--out", required=True, help="bundle directory to write")
+    parser.add_argument("--layers", default="all", help="'all', '10,20' or '10-20' (default: all)")
+    parser.add_argument("--emotions", help="comma-separated emotions to extract (default: every emotion in the corpus)")
+    parser.add_argument("--stories", action="append", default=[], metavar="FILE",
+                        help="JSONL/CSV/TSV of stories (emotion, topic, text); adds emotions or replaces the "
+                             "built-in stories of the emotions it has; repeatable")
+    parser.add_argument("--no-builtin-stories", action="store_true", help="use only the --stories files")
+    parser.add_argument("--neutral", metavar="FILE", help="JSONL/CSV/TSV of neutral texts (text) replacing the built-in ones")
+    parser.add_argument("--token-offset", type=int, default=50,
+                        help="average story tokens from this position on; short stories start at half their "
+                             "length instead (default: %(default)s)")
+    parser.add_argument("--sink-tokens", type=int, default=1,
+                        help="leading real tokens of each sequence excluded as attention sinks (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=8, help="texts per forward pass (default: %(default)s)")
+    parser.add_argument("--max-length", type=int, default=512, help="truncate texts to this many tokens (default: %(default)s)")
+    parser.add_argument("--pca-variance", type=float, default=0.5,
+                        help="project out the neutral principal components explaining this fraction of "
+                             "variance; 0 disables (default: %(default)s)")
+    parser.add_argument("--max-pcs", type=int, help="cap on the number of neutral components projected out")
+    parser.add_argument("--default-layer", type=int, help="the bundle's default layer (default: about 2/3 of depth)")
+    parser.add_argument("--goemotions", metavar="TSV",
+                        help="GoEmotions Ekman TSV (e.g. ekman_dev.tsv) for the external validation check")
+    parser.add_argument("--no-validate", action="store_true", help="skip the validation report")
+    parser.add_argument("--seed", type=int, default=0, help="seed for the statistics sample (default: %(default)s)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from emoreg.errors import ConfigError
+    from emoreg.models.loading import load_model_and_tokenizer, resolve_model_source
+    from emoreg.vectors.corpus import Corpus, load_builtin_corpus, load_builtin_neutral, load_neutral, load_stories
+    from emoreg.vectors.extraction import ExtractionConfig, extract_emotion_vectors
+    from emoreg.vectors.validation import build_validation_report, summarize, write_validation_report
+
+    layers = parse_layers(args.layers)
+    emotions = parse_names(args.emotions)
+    extra = [story for path in args.stories for story in load_stories(path)]
+    neutral = load_neutral(args.neutral) if args.neutral else None
+    if args.no_builtin_stories:
+        if not extra:
+            raise ConfigError("--no-builtin-stories needs at least one --stories FILE")
+        corpus = Corpus(stories=extra, neutral=neutral if neutral is not None else load_builtin_neutral())
+    else:
+        corpus = load_builtin_corpus().with_stories(extra)
+        if neutral is not None:
+            corpus = corpus.with_neutral(neutral)
+    corpus = corpus.select(emotions)
+    config = ExtractionConfig(
+        layers=layers, token_offset=args.token_offset, sink_tokens=args.sink_tokens, batch_size=args.batch_size,
+        max_length=args.max_length, pca_variance=args.pca_variance, max_pcs=args.max_pcs,
+        default_layer=args.default_layer, seed=args.seed,
+    )
+    config.validate()
+    source = resolve_model_source(args.model)
+    logger.info("Loading %s", source.describe())
+    model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype, device=args.device)
+    result = extract_emotion_vectors(
+        model, tokenizer, corpus, config, keep_story_means=not args.no_validate,
+        progress=not args.no_progress, model_description=source.describe(),
+    )
+    vectors = result.vectors
+    report = None
+    if not args.no_validate:
+        report = build_validation_report(result, model, tokenizer, goemotions_path=args.goemotions,
+                                         progress=not args.no_progress)
+        vectors.validation = summarize(report)
+    out = Path(args.out)
+    vectors.save_pretrained(out)
+    if report is not None:
+        write_validation_report(report, out)
+    print(f"Saved {vectors!r} to {out} ({result.tokens} tokens in {result.seconds:.1f} s)")
+    if vectors.validation:
+        for key, value in vectors.validation.items():
+            print(f"  {key}: {value}")
+    return 0

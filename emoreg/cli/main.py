@@ -1,0 +1,51 @@
+"""``emoreg``: extract, inspect and scan with emotion vectors.
+
+Each subcommand lives in its own module with ``add_parser(subparsers)`` and
+``run(args)``; errors raised on purpose (:class:`emoreg.errors.EmoregError`)
+become a one-line message and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from emoreg.errors import EmoregError
+from emoreg.version import __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from emoreg.cli import extract, inspect, scan, write_stories
+
+    parser = argparse.ArgumentParser(
+        prog="emoreg",
+        description="Emotion vectors for causal LMs: extract them, inspect bundles, scan data.",
+    )
+    parser.add_argument("--version", action="version", version=f"emoreg {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in (extract, inspect, scan, write_stories):
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "urllib3", "huggingface_hub", "DeepSpeed"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return int(args.run(args) or 0)
+    except EmoregError as exc:
+        print(f"emoreg {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"emoreg {args.command}: interrupted; nothing was half-written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

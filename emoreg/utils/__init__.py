@@ -1,0 +1,1 @@
+"""Small helpers shared across emoreg: file reading, atomic writes, progress."""

@@ -1,0 +1,1 @@
+"""Emotion vectors: the corpus, extraction, the bundle format, validation and scanning."""

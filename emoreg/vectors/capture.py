@@ -1,0 +1,127 @@
+"""Run a model over batches of text and hand each decoder layer's output to a reducer.
+
+Activations are reduced inside the forward hook, one layer at a time, so no
+more than one layer's hidden states of one batch exist at once. Hooks are
+removed when the context ends, also on errors. The forward stops after the
+last requested layer (later layers and the LM head are never run).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from emoreg.errors import ConfigError
+from emoreg.models.layout import find_decoder_layers, hidden_from_output, unwrap_model
+
+logger = logging.getLogger(__name__)
+
+Reducer = Callable[[int, torch.Tensor], None]
+
+
+class _StopForward(Exception):
+    """Raised by the last hook to skip the rest of the forward pass."""
+
+
+@dataclass
+class TokenizedBatch:
+    """One padded batch: indices into the caller's text list and the model inputs."""
+
+    indices: list[int]
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    truncated: list[bool]
+
+
+def check_layers(model: nn.Module, layers: Sequence[int] | None) -> list[int]:
+    """Validate layer indices against the model (all layers when ``None``)."""
+    count = len(find_decoder_layers(model))
+    if layers is None:
+        return list(range(count))
+    layers = [int(layer) for layer in layers]
+    bad = [layer for layer in layers if not 0 <= layer < count]
+    if bad:
+        raise ConfigError(f"layers {bad} are out of range: the model has {count} decoder layers (0 to {count - 1})")
+    if not layers:
+        raise ConfigError("no layers selected")
+    return sorted(set(layers))
+
+
+def tokenize_batches(
+    tokenizer,
+    texts: Sequence[str],
+    *,
+    batch_size: int,
+    max_length: int,
+) -> Iterator[TokenizedBatch]:
+    """Tokenise ``texts`` in order, in padded batches, truncating to ``max_length``.
+
+    Texts are sorted by length within windows of 16 batches to limit padding;
+    each batch carries the original indices.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    lengths = [len(t) for t in texts]
+    window = batch_size * 16
+    for start in range(0, len(texts), window):
+        chunk = sorted(range(start, min(start + window, len(texts))), key=lambda i: -lengths[i])
+        for b in range(0, len(chunk), batch_size):
+            indices = chunk[b : b + batch_size]
+            full = tokenizer([texts[i] for i in indices], add_special_tokens=True, truncation=False)["input_ids"]
+            truncated = [len(ids) > max_length for ids in full]
+            encoded = tokenizer(
+                [texts[i] for i in indices],
+                add_special_tokens=True,
+                truncation=True,
+                max_length=max_length,
+                padding=True,
+                return_tensors="pt",
+            )
+            yield TokenizedBatch(indices, encoded["input_ids"], encoded["attention_mask"], truncated)
+
+
+@contextmanager
+def layer_reducers(model: nn.Module, layers: Sequence[int], reducer: Reducer, *, stop_after_last: bool = True):
+    """Call ``reducer(layer, hidden)`` with each listed decoder layer's output while active."""
+    modules = find_decoder_layers(model)
+    last = max(layers)
+    handles = []
+
+    def make_hook(index: int):
+        def hook(_module, _args, output):
+            reducer(index, hidden_from_output(output))
+            if stop_after_last and index == last:
+                raise _StopForward
+
+        return hook
+
+    try:
+        for index in layers:
+            handles.append(modules[index].register_forward_hook(make_hook(index)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def backbone(model: nn.Module) -> nn.Module:
+    """The transformer body without the LM head (``base_model`` of a PreTrainedModel)."""
+    base = unwrap_model(model)
+    return getattr(base, "base_model", base)
+
+
+@torch.inference_mode()
+def forward_layers(model: nn.Module, batch: TokenizedBatch, layers: Sequence[int], reducer: Reducer) -> None:
+    """Run ``model``'s body on ``batch``, reducing the outputs of ``layers`` with ``reducer``."""
+    device = next(model.parameters()).device
+    body = backbone(model)
+    with layer_reducers(model, layers, reducer):
+        try:
+            body(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device), use_cache=False)
+        except _StopForward:
+            pass

@@ -1,0 +1,40 @@
+import pytest
+
+from emoreg.utils.atomic import atomic_directory, atomic_file
+
+
+def test_atomic_directory_replaces_on_success(tmp_path):
+    target = tmp_path / "bundle"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with atomic_directory(target) as tmp:
+        (tmp / "new.txt").write_text("new")
+        assert (target / "old.txt").exists()  # untouched until the block ends
+    assert (target / "new.txt").read_text() == "new"
+    assert not (target / "old.txt").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
+
+
+def test_atomic_directory_keeps_target_on_error(tmp_path):
+    target = tmp_path / "bundle"
+    target.mkdir()
+    (target / "keep.txt").write_text("keep")
+    with pytest.raises(RuntimeError):
+        with atomic_directory(target) as tmp:
+            (tmp / "partial.txt").write_text("x")
+            raise RuntimeError("boom")
+    assert (target / "keep.txt").read_text() == "keep"
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
+
+
+def test_atomic_file(tmp_path):
+    target = tmp_path / "out.jsonl"
+    with pytest.raises(ValueError):
+        with atomic_file(target) as handle:
+            handle.write("partial")
+            raise ValueError
+    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []
+    with atomic_file(target) as handle:
+        handle.write("done\n")
+    assert target.read_text() == "done\n"

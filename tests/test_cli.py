@@ -1,0 +1,157 @@
+"""The command line, end to end on a tiny model saved to disk."""
+
+import json
+
+import pytest
+
+from emoreg import EmotionVectors
+from emoreg.cli.common import parse_layers
+from emoreg.cli.main import main
+from emoreg.errors import ConfigError
+from tests.helpers import synthetic_corpus
+from tests.tiny_models import make_tiny_llama, make_tiny_tokenizer
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-model")
+    make_tiny_llama().save_pretrained(path)
+    make_tiny_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def corpus_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    corpus = synthetic_corpus()
+    stories = root / "stories.jsonl"
+    stories.write_text("".join(json.dumps({"emotion": s.emotion, "topic": s.topic, "text": s.text}) + "\n"
+                               for s in corpus.stories))
+    neutral = root / "neutral.jsonl"
+    neutral.write_text("".join(json.dumps({"text": t.text}) + "\n" for t in corpus.neutral))
+    return stories, neutral
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory, model_dir, corpus_files):
+    out = tmp_path_factory.mktemp("bundle") / "vectors"
+    stories, neutral = corpus_files
+    code = main(["extract", "--model", str(model_dir), "--out", str(out), "--stories", str(stories),
+                 "--no-builtin-stories", "--neutral", str(neutral), "--token-offset", "4", "--no-progress"])
+    assert code == 0
+    return out
+
+
+def test_extract_writes_bundle_and_report(bundle_dir):
+    names = {p.name for p in bundle_dir.iterdir()}
+    assert {"vectors.safetensors", "bundle.json", "validation.json", "VALIDATION.md", "confusion.png"} <= names
+    vectors = EmotionVectors.from_pretrained(bundle_dir)
+    assert vectors.emotions == ["happy", "sad", "afraid"]
+    assert vectors.extraction["token_offset"] == 4
+    assert "heldout_topic_accuracy_default_layer" in vectors.validation
+
+
+def test_inspect(bundle_dir, capsys):
+    assert main(["inspect", str(bundle_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "emotions (3)" in out and "default layer" in out and "LlamaForCausalLM" in out
+    assert "heldout_topic_accuracy_default_layer" in out
+    assert main(["inspect", str(bundle_dir), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["emotions"] == ["happy", "sad", "afraid"]
+
+
+def test_scan(tmp_path, bundle_dir, model_dir):
+    data = tmp_path / "data.csv"
+    data.write_text("id,body\nx1,a sunny picnic\nx2,footsteps in the dark\n")
+    out = tmp_path / "scores.jsonl"
+    code = main(["scan", "--vectors", str(bundle_dir), "--data", str(data), "--text-field", "body",
+                 "--out", str(out), "--model", str(model_dir), "--layer", "1", "--no-progress"])
+    assert code == 0
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in lines] == ["x1", "x2"]
+    assert set(lines[0]["projection"]) == {"happy", "sad", "afraid"} and lines[0]["layer"] == 1
+
+
+def test_scan_missing_field_fails_cleanly(tmp_path, bundle_dir, model_dir, capsys):
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"body": "x"}\n')
+    out = tmp_path / "scores.jsonl"
+    code = main(["scan", "--vectors", str(bundle_dir), "--data", str(data), "--out", str(out),
+                 "--model", str(model_dir), "--no-progress"])
+    assert code == 2
+    assert "line 1: missing text field 'text'" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--layers", "0,9"], "out of range: the model has 4 decoder layers"),
+        (["--emotions", "happy,smug"], "emotions ['smug'] have no stories"),
+        (["--layers", "x"], "--layers: expected"),
+    ],
+)
+def test_extract_bad_input_exits_non_zero_and_writes_nothing(tmp_path, model_dir, corpus_files, capsys, args, message):
+    stories, neutral = corpus_files
+    out = tmp_path / "out"
+    code = main(["extract", "--model", str(model_dir), "--out", str(out), "--stories", str(stories),
+                 "--no-builtin-stories", "--neutral", str(neutral), "--no-progress", *args])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_malformed_corpus_file_names_the_line(tmp_path, model_dir, capsys):
+    stories = tmp_path / "s.jsonl"
+    stories.write_text('{"emotion": "happy", "text": "fine"}\n{"emotion": "sad"}\n')
+    code = main(["extract", "--model", str(model_dir), "--out", str(tmp_path / "o"), "--stories", str(stories),
+                 "--no-builtin-stories", "--no-progress"])
+    assert code == 2
+    assert "s.jsonl, line 2: missing field 'text'" in capsys.readouterr().err
+
+
+def _own_corpus(corpus_files):
+    stories, neutral = corpus_files
+    return ["--stories", str(stories), "--no-builtin-stories", "--neutral", str(neutral), "--no-progress"]
+
+
+def test_unknown_model_directory_and_gguf(tmp_path, capsys, corpus_files):
+    fake = tmp_path / "broken.gguf"
+    fake.write_bytes(b"not a gguf file")
+    code = main(["extract", "--model", str(fake), "--out", str(tmp_path / "o"), *_own_corpus(corpus_files)])
+    assert code == 2
+    assert "could not load GGUF file" in capsys.readouterr().err
+    empty = tmp_path / "empty_dir"
+    empty.mkdir()
+    code = main(["extract", "--model", str(empty), "--out", str(tmp_path / "o"), *_own_corpus(corpus_files)])
+    assert code == 2
+    assert "no config.json" in capsys.readouterr().err
+
+
+def test_unknown_hub_id_offline_names_the_default(tmp_path, capsys, monkeypatch, corpus_files):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code = main(["extract", "--model", "nobody/no-such-model-xyz", "--out", str(tmp_path / "o"),
+                 *_own_corpus(corpus_files)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "could not find the model 'nobody/no-such-model-xyz'" in err and "--model default" in err
+
+
+def test_inspect_missing_bundle(tmp_path, capsys):
+    assert main(["inspect", str(tmp_path / "nothing")]) == 2
+    assert "no such vector bundle directory" in capsys.readouterr().err
+
+
+def test_help_lists_commands(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert all(cmd in out for cmd in ("extract", "inspect", "scan", "write-stories"))
+
+
+def test_parse_layers():
+    assert parse_layers("all") is None
+    assert parse_layers("3,1-2") == [1, 2, 3]
+    with pytest.raises(ConfigError):
+        parse_layers("5-2")

@@ -1,0 +1,131 @@
+import json
+
+import pytest
+import torch
+
+from emoreg.errors import DataFormatError
+from emoreg.vectors.extraction import ExtractionConfig, extract_emotion_vectors
+from emoreg.vectors.validation import (
+    build_validation_report,
+    goemotions_check,
+    heldout_topic_accuracy,
+    logit_lens,
+    read_goemotions_ekman,
+    summarize,
+    valence_arousal,
+    write_validation_report,
+)
+from tests.helpers import synthetic_corpus
+
+SIX = ["happy", "sad", "afraid", "angry", "disgusted", "surprised"]
+
+
+@pytest.fixture
+def result(tiny_llama, tiny_tokenizer):
+    return extract_emotion_vectors(tiny_llama, tiny_tokenizer, synthetic_corpus(), ExtractionConfig(token_offset=3),
+                                   keep_story_means=True, progress=False)
+
+
+def test_heldout_accuracy_matches_a_manual_fold(result):
+    report = heldout_topic_accuracy(result)
+    assert report["topics"] == 4 and report["stories"] == 24
+    assert set(report["accuracy_by_layer"]) == {"0", "1", "2", "3"}
+    confusion = torch.tensor(report["confusion_default_layer"])
+    assert confusion.sum() == 24
+    assert abs(confusion.diag().sum() / 24 - report["default_layer_accuracy"]) < 1e-6
+    # Manual leave-one-topic-out at layer 1 without the denoising basis must agree when the basis is removed.
+    result.neutral_bases.clear()
+    layer = 1
+    x = result.story_means[:, layer].float()
+    emotions = result.vectors.emotions
+    labels = torch.tensor([emotions.index(e) for e in result.story_emotions])
+    correct = 0
+    for topic in sorted(set(result.story_topics)):
+        test = torch.tensor([t == topic for t in result.story_topics])
+        means = torch.stack([x[~test & (labels == e)].mean(0) for e in range(3)])
+        centre = means.mean(0)
+        directions = (means - centre) / (means - centre).norm(dim=-1, keepdim=True)
+        correct += int(((x[test] - centre) @ directions.T).argmax(-1).eq(labels[test]).sum())
+    assert abs(heldout_topic_accuracy(result)["accuracy_by_layer"][str(layer)] - correct / 24) < 1e-6
+
+
+def test_synthetic_emotions_are_separable(result):
+    # The synthetic stories differ by emotion words, so even a random model separates them well above chance.
+    report = heldout_topic_accuracy(result)
+    assert report["best_layer_accuracy"] > 0.6
+
+
+def test_logit_lens_lists_tokens(result, tiny_llama, tiny_tokenizer):
+    lens = logit_lens(result.vectors, tiny_llama, tiny_tokenizer, top_k=5)
+    assert set(lens) == {"happy", "sad", "afraid"}
+    assert all(len(tokens) == 5 for tokens in lens.values())
+
+
+def test_valence_arousal_reads_pcs(result):
+    report = valence_arousal(result.vectors)
+    assert set(report["coordinates"]) == {"happy", "sad", "afraid"}
+    assert -1 <= report["r_pc1_valence"] <= 1
+    assert len(report["pc_variance_explained"]) == 2
+
+
+def _goemotions(tmp_path, rows):
+    (tmp_path / "ekman_labels.txt").write_text("anger\ndisgust\nfear\njoy\nneutral\nsadness\nsurprise\n")
+    path = tmp_path / "dev.tsv"
+    path.write_text("".join(f"{text}\t{ids}\tid{i}\n" for i, (text, ids) in enumerate(rows)))
+    return path
+
+
+def test_read_goemotions_keeps_single_label_non_neutral_rows(tmp_path):
+    path = _goemotions(tmp_path, [("I am so mad", "0"), ("meh", "4"), ("mixed", "0,3"), ("yay", "3")])
+    data = read_goemotions_ekman(path)
+    assert data.texts == ["I am so mad", "yay"]
+    assert data.labels == ["angry", "happy"]
+
+
+def test_read_goemotions_errors(tmp_path):
+    path = _goemotions(tmp_path, [("ok", "9")])
+    with pytest.raises(DataFormatError, match="line 1: label id '9'"):
+        read_goemotions_ekman(path)
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("no tab here\n")
+    with pytest.raises(DataFormatError, match="line 1: expected text<TAB>label ids"):
+        read_goemotions_ekman(bad)
+
+
+def test_goemotions_check_on_six_emotions(tmp_path, tiny_llama, tiny_tokenizer):
+    corpus = synthetic_corpus(emotions=SIX)
+    vectors = extract_emotion_vectors(tiny_llama, tiny_tokenizer, corpus, progress=False).vectors
+    rows = [(f"text number {i} about things", str(i % 7)) for i in range(28)]
+    report = goemotions_check(tiny_llama, tiny_tokenizer, vectors, _goemotions(tmp_path, rows), progress=False)
+    assert report["rows"] == 24  # neutral rows dropped
+    assert report["chance"] == pytest.approx(1 / 6)
+    assert set(report["balanced_accuracy_by_layer"]) == {"0", "1", "2", "3"}
+    assert all(0 <= v <= 1 for v in report["balanced_accuracy_by_layer"].values())
+
+
+def test_goemotions_needs_the_six_emotions(tmp_path, result, tiny_llama, tiny_tokenizer):
+    path = _goemotions(tmp_path, [("a", "0")])
+    with pytest.raises(DataFormatError, match="needs the emotions"):
+        goemotions_check(tiny_llama, tiny_tokenizer, result.vectors, path, progress=False)
+
+
+def test_report_files(tmp_path, result, tiny_llama, tiny_tokenizer):
+    report = build_validation_report(result, tiny_llama, tiny_tokenizer, progress=False)
+    written = write_validation_report(report, tmp_path)
+    names = sorted(p.name for p in written)
+    assert names == ["VALIDATION.md", "accuracy_by_layer.png", "confusion.png", "valence_arousal.png",
+                     "validation.json"]
+    for png in tmp_path.glob("*.png"):
+        assert png.read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((tmp_path / "validation.json").read_text())["default_layer"] == result.vectors.default_layer
+    summary = summarize(report)
+    assert summary["heldout_chance"] == pytest.approx(1 / 3, abs=1e-3)
+    assert "Held-out-topic" in (tmp_path / "VALIDATION.md").read_text()
+
+
+def test_report_needs_story_means(tiny_llama, tiny_tokenizer):
+    result = extract_emotion_vectors(tiny_llama, tiny_tokenizer, synthetic_corpus(), progress=False)
+    with pytest.raises(ValueError, match="keep_story_means"):
+        heldout_topic_accuracy(result)
+
+
