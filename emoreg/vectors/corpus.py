@@ -199,15 +199,24 @@ def builtin_corpus_dir() -> Path:
 
 
 def load_builtin_corpus(emotions: Sequence[str] | None = None) -> Corpus:
-    """Load the shipped corpus (24 emotions, neutral dialogues, banned words)."""
+    """Load the shipped corpus (24 emotions, neutral dialogues, banned words).
+
+    With ``emotions``, only those emotions' stories are read (in that order).
+    """
     root = builtin_corpus_dir()
+    if emotions is not None:
+        unknown = [e for e in emotions if e not in BUILTIN_EMOTIONS]
+        if unknown:
+            raise DataFormatError(
+                f"emotions {unknown} have no stories in the built-in corpus; it has {list(BUILTIN_EMOTIONS)} "
+                "(add your own with a stories file)"
+            )
     stories: list[Story] = []
     banned: dict[str, list[str]] = {}
-    for emotion in BUILTIN_EMOTIONS:
+    for emotion in BUILTIN_EMOTIONS if emotions is None else emotions:
         stories.extend(load_stories(root / "stories" / f"{emotion}.jsonl"))
         banned[emotion] = load_banned_words(root / "banned" / f"{emotion}.txt")
-    corpus = Corpus(stories=stories, neutral=load_builtin_neutral(), banned_words=banned)
-    return corpus.select(emotions)
+    return Corpus(stories=stories, neutral=load_builtin_neutral(), banned_words=banned)
 
 
 def load_builtin_neutral() -> list[NeutralText]:

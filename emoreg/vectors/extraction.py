@@ -87,32 +87,30 @@ class ExtractionResult:
 
 
 class _UniformSample:
-    """A seeded uniform sample of at most ``capacity`` rows from a stream (bottom-k keys)."""
+    """A seeded uniform sample of at most ``capacity`` rows from a stream (bottom-k random keys)."""
 
     def __init__(self, capacity: int, generator: torch.Generator) -> None:
         self.capacity = capacity
         self.generator = generator
-        self.rows: torch.Tensor | None = None
-        self.keys: torch.Tensor | None = None
+        self.chunks: list[torch.Tensor] = []
+        self.keys: list[torch.Tensor] = []
+        self.size = 0
 
     def add(self, rows: torch.Tensor) -> None:
-        keys = torch.rand(rows.shape[0], generator=self.generator)
-        if self.rows is None:
-            self.rows, self.keys = rows, keys
-        else:
-            self.rows = torch.cat([self.rows, rows])
-            self.keys = torch.cat([self.keys, keys])
-        if self.rows.shape[0] > 2 * self.capacity:
+        self.chunks.append(rows)
+        self.keys.append(torch.rand(rows.shape[0], generator=self.generator))
+        self.size += rows.shape[0]
+        if self.size > 2 * self.capacity:
             self._shrink()
 
     def _shrink(self) -> None:
-        order = torch.argsort(self.keys)[: self.capacity]
-        self.rows, self.keys = self.rows[order], self.keys[order]
+        rows, keys = torch.cat(self.chunks), torch.cat(self.keys)
+        order = torch.argsort(keys)[: self.capacity]
+        self.chunks, self.keys, self.size = [rows[order]], [keys[order]], len(order)
 
     def result(self) -> torch.Tensor:
-        if self.rows is not None and self.rows.shape[0] > self.capacity:
-            self._shrink()
-        return self.rows
+        self._shrink()
+        return self.chunks[0]
 
 
 def extract_emotion_vectors(
@@ -186,7 +184,6 @@ def extract_emotion_vectors(
         def reduce(layer: int, hidden: torch.Tensor) -> None:
             means, _ = masked_mean(hidden, mask.to(hidden.device))
             means = means.cpu()
-            _check_finite(means, layer, "story")
             emotion_sums[layer_pos[layer]].index_add_(0, labels, means.to(torch.float64))
             if story_means is not None:
                 story_means[index, layer_pos[layer]] = means.to(torch.float16)
@@ -194,6 +191,7 @@ def extract_emotion_vectors(
         return reduce
 
     token_count += run(story_texts, "emoreg extract: stories", story_reducer)
+    _check_finite(emotion_sums, layers, "story")
     counts = torch.bincount(story_labels, minlength=n_emotions).to(torch.float64)
     emotion_means = emotion_sums / counts[None, :, None]  # [L, E, d]
     raw = emotion_means - emotion_means.mean(dim=1, keepdim=True)
@@ -208,18 +206,19 @@ def extract_emotion_vectors(
         mask = content_mask(batch.attention_mask, config.sink_tokens)
 
         def reduce(layer: int, hidden: torch.Tensor) -> None:
-            x = hidden[mask.to(hidden.device)].to(torch.float64).cpu()
-            _check_finite(x, layer, "neutral")
+            # The batch's second moments in float32 (fast), accumulated across batches in float64.
+            x = hidden[mask.to(hidden.device)].to(torch.float32)
             i = layer_pos[layer]
             n_tokens[i] += x.shape[0]
-            sum_x[i] += x.sum(0)
-            sum_xx[i] += x.T @ x
+            sum_x[i] += x.sum(0, dtype=torch.float64).cpu()
+            sum_xx[i] += (x.T @ x).cpu().to(torch.float64)
 
         return reduce
 
     need_pca = config.pca_variance > 0 and config.max_pcs != 0
     if need_pca:
         token_count += run(neutral_texts, "emoreg extract: neutral PCA", moment_reducer)
+        _check_finite(sum_xx, layers, "neutral")
     directions = torch.zeros(n_layers, n_emotions, d, dtype=torch.float32)
     bases: dict[int, torch.Tensor] = {}
     pca_report: dict[str, Any] = {}
@@ -249,7 +248,6 @@ def extract_emotion_vectors(
             i = layer_pos[layer]
             x = hidden[mask.to(hidden.device)].to(torch.float32)
             proj = (x @ directions[i].to(x.device).T).cpu()
-            _check_finite(proj, layer, "neutral")
             proj_sum[i] += proj.sum(0, dtype=torch.float64)
             proj_sq[i] += (proj.to(torch.float64) ** 2).sum(0)
             proj_n[i] += proj.shape[0]
@@ -258,6 +256,7 @@ def extract_emotion_vectors(
         return reduce
 
     token_count += run(neutral_texts, "emoreg extract: neutral statistics", stats_reducer)
+    _check_finite(proj_sq, layers, "neutral")
     if (proj_n < 2).any():
         raise DataFormatError("the neutral texts have fewer than 2 tokens after the attention sink; add neutral text")
     mean = proj_sum / proj_n[:, None]
@@ -331,8 +330,11 @@ def _principal_components(
     return eigenvectors[:, :k], explained
 
 
-def _check_finite(tensor: torch.Tensor, layer: int, what: str) -> None:
-    if not torch.isfinite(tensor).all():
+def _check_finite(accumulator: torch.Tensor, layers: list[int], what: str) -> None:
+    """NaN/Inf activations propagate into the running sums; name the first layer they reached."""
+    bad = ~torch.isfinite(accumulator.reshape(len(layers), -1)).all(dim=1)
+    if bad.any():
+        layer = layers[int(bad.nonzero()[0])]
         raise DataFormatError(
             f"non-finite activations (NaN or Inf) at layer {layer} on {what} text; "
             "try dtype float32 or check the model"
