@@ -1,0 +1,255 @@
+"""Configuration of the training-time regulariser.
+
+A :class:`RegularizerConfig` names the emotions to act on and how. Top-level
+fields are defaults; each emotion may override them::
+
+    RegularizerConfig(mode="penalty", kind="hinge", coef=0.1,
+                      emotions={"desperate": 1.0,                          # weight, defaults otherwise
+                                "hostile": {"weight": 0.5, "kind": "band"},
+                                "calm": {"mode": "steer", "steer_coef": 4.0}})
+
+Modes: ``penalty`` (an extra loss term; ``kind`` is ``square``, ``hinge`` or
+``band``), ``ablate`` (CAFT: set the projection to the base-model mean or to
+zero), ``clamp`` (clip the projection into a band) and ``steer`` (preventative
+steering: add ``steer_coef * v``). Interventions edit the forward pass of
+training steps only, unless ``during_generation`` is on.
+
+Units: ``hinge`` and ``band`` (always), clamp bounds (always) and ``square``
+with ``units="z"`` work on projections standardised by the bundle's base-model
+statistics, ``z = (p - mean) / std``: the same coefficient means the same thing
+at every layer, emotion and model. ``square`` with ``units="raw"`` penalises
+the raw projection ``(h . v)^2`` (for centred vectors and exactness tests; on
+SmolLM2 raw projections sit near -100, so it pulls every token far from where
+the model lives).
+
+Loaded from dicts or OmegaConf YAML; unknown keys are errors listing the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from emoreg.errors import ConfigError
+
+MODES = ("penalty", "ablate", "clamp", "steer")
+KINDS = ("square", "hinge", "band")
+UNITS = ("raw", "z")
+SELECTIONS = ("all", "completion", "last_prompt")
+SCHEDULES = ("constant", "linear_warmup", "linear_decay", "cosine")
+ABLATE_TARGETS = ("mean", "zero")
+
+
+@dataclass(frozen=True)
+class EmotionRule:
+    """What to do with one emotion (defaults come from the :class:`RegularizerConfig`)."""
+
+    emotion: str
+    weight: float = 1.0
+    mode: str = "penalty"
+    kind: str = "square"
+    units: str = "raw"
+    threshold: float | None = None
+    threshold_percentile: float = 95.0
+    band_k: float = 2.0
+    ablate_to: str = "mean"
+    clamp_low: float | None = None
+    clamp_high: float | None = None
+    clamp_percentiles: tuple[float, float] = (5.0, 95.0)
+    steer_coef: float = 0.0
+
+
+#: Fields of EmotionRule that a config's top level sets as defaults.
+_RULE_DEFAULT_FIELDS = tuple(f.name for f in dataclasses.fields(EmotionRule) if f.name not in ("emotion", "weight"))
+
+
+@dataclass
+class RegularizerConfig:
+    """How emoreg regularises emotion activations during training.
+
+    Attributes:
+        emotions: ``{emotion: weight}`` or ``{emotion: {overrides}}``; the
+            override keys are the rule fields below plus ``weight``.
+        mode, kind, units, threshold, threshold_percentile, band_k, ablate_to,
+            clamp_low, clamp_high, clamp_percentiles, steer_coef: defaults for
+            every emotion (see the module docstring).
+        coef: penalty coefficient (the objective is ``loss + coef * R``).
+        layers: decoder layers to act on; ``None`` means the bundle's default layer.
+        selection: ``all`` real tokens except attention sinks, ``completion``
+            tokens only (labels != -100), or the ``last_prompt`` token.
+        sink_tokens: leading real tokens of each sequence never selected nor edited.
+        schedule, warmup_steps, total_steps: coefficient schedule by optimizer
+            step (``total_steps=None`` takes the trainer's ``max_steps``).
+        during_generation: also apply interventions during ``generate``
+            (GRPO/RLOO rollouts); off by default.
+        allow_different_weights: accept a bundle whose weight hash differs
+            from the model's (a fine-tuned child of the same base).
+        log_emotions: extra emotions whose activation is logged without being
+            regularised.
+    """
+
+    emotions: dict[str, Any] = field(default_factory=dict)
+    mode: str = "penalty"
+    kind: str = "square"
+    units: str = "raw"
+    coef: float = 0.1
+    threshold: float | None = None
+    threshold_percentile: float = 95.0
+    band_k: float = 2.0
+    ablate_to: str = "mean"
+    clamp_low: float | None = None
+    clamp_high: float | None = None
+    clamp_percentiles: tuple[float, float] = (5.0, 95.0)
+    steer_coef: float = 0.0
+    layers: list[int] | None = None
+    selection: str = "all"
+    sink_tokens: int = 1
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    total_steps: int | None = None
+    during_generation: bool = False
+    allow_different_weights: bool = True
+    log_emotions: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.clamp_percentiles, list):
+            self.clamp_percentiles = tuple(self.clamp_percentiles)
+        if self.layers is not None:
+            self.layers = [int(layer) for layer in self.layers]
+        self.emotions = dict(self.emotions)
+        self.log_emotions = list(self.log_emotions)
+        self.validate()
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> "RegularizerConfig":
+        """Build from a plain dict; unknown keys are errors listing the valid ones."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a mapping of regulariser settings, got {type(data).__name__}")
+        valid = [f.name for f in dataclasses.fields(cls)]
+        _reject_unknown(data, valid, source)
+        return cls(**{k: _plain(v) for k, v in data.items()})
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, *, key: str | None = None) -> "RegularizerConfig":
+        """Load from an OmegaConf YAML file (optionally the mapping under ``key``, e.g. ``emoreg``)."""
+        from omegaconf import OmegaConf
+
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such config file")
+        data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+        source = str(path)
+        if key is not None:
+            if not isinstance(data, dict) or key not in data:
+                raise ConfigError(f"{path}: no '{key}' section")
+            data, source = data[key], f"{path}: {key}"
+        return cls.from_dict(data, source=source)
+
+    @classmethod
+    def coerce(cls, value: "RegularizerConfig | dict[str, Any]") -> "RegularizerConfig":
+        return value if isinstance(value, cls) else cls.from_dict(value)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["clamp_percentiles"] = list(self.clamp_percentiles)
+        return data
+
+    # ------------------------------------------------------------------ rules
+    def rules(self) -> list[EmotionRule]:
+        """One :class:`EmotionRule` per emotion, with the top-level defaults filled in."""
+        rules = []
+        defaults = {name: getattr(self, name) for name in _RULE_DEFAULT_FIELDS}
+        for emotion, spec in self.emotions.items():
+            values = dict(defaults)
+            if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+                values["weight"] = float(spec)
+            elif isinstance(spec, dict):
+                _reject_unknown(spec, ("weight",) + _RULE_DEFAULT_FIELDS, f"emotions.{emotion}")
+                values.update({k: _plain(v) for k, v in spec.items()})
+            else:
+                raise ConfigError(
+                    f"emotions.{emotion}: expected a weight (number) or a mapping of overrides, got {spec!r}"
+                )
+            if isinstance(values.get("clamp_percentiles"), list):
+                values["clamp_percentiles"] = tuple(values["clamp_percentiles"])
+            rules.append(EmotionRule(emotion=emotion, **values))
+        return rules
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the field and the valid values."""
+        _choice("mode", self.mode, MODES)
+        _choice("kind", self.kind, KINDS)
+        _choice("units", self.units, UNITS)
+        _choice("selection", self.selection, SELECTIONS)
+        _choice("schedule", self.schedule, SCHEDULES)
+        _choice("ablate_to", self.ablate_to, ABLATE_TARGETS)
+        if not isinstance(self.emotions, dict) or not self.emotions:
+            raise ConfigError("emotions: name at least one emotion, e.g. emotions={'desperate': 1.0}")
+        if self.coef < 0:
+            raise ConfigError(f"coef must be >= 0, got {self.coef}")
+        if self.sink_tokens < 0:
+            raise ConfigError(f"sink_tokens must be >= 0, got {self.sink_tokens}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.total_steps is not None and self.total_steps < 1:
+            raise ConfigError(f"total_steps must be >= 1 or None, got {self.total_steps}")
+        if self.layers is not None and (not self.layers or any(layer < 0 for layer in self.layers)):
+            raise ConfigError(f"layers must be a non-empty list of layer indices or None, got {self.layers}")
+        for rule in self.rules():
+            where = f"emotions.{rule.emotion}"
+            _choice(f"{where}.mode", rule.mode, MODES)
+            _choice(f"{where}.kind", rule.kind, KINDS)
+            _choice(f"{where}.units", rule.units, UNITS)
+            _choice(f"{where}.ablate_to", rule.ablate_to, ABLATE_TARGETS)
+            if rule.weight < 0:
+                raise ConfigError(f"{where}.weight must be >= 0, got {rule.weight}")
+            if rule.band_k < 0:
+                raise ConfigError(f"{where}.band_k must be >= 0, got {rule.band_k}")
+            if not 0 <= rule.threshold_percentile <= 100:
+                raise ConfigError(f"{where}.threshold_percentile must be in [0, 100], got {rule.threshold_percentile}")
+            low, high = rule.clamp_percentiles
+            if not 0 <= low < high <= 100:
+                raise ConfigError(f"{where}.clamp_percentiles must be (low, high) with 0 <= low < high <= 100")
+            if rule.clamp_low is not None and rule.clamp_high is not None and rule.clamp_low > rule.clamp_high:
+                raise ConfigError(f"{where}: clamp_low {rule.clamp_low} is above clamp_high {rule.clamp_high}")
+
+    @property
+    def needs_statistics(self) -> bool:
+        """Whether the bundle's base-model statistics are needed."""
+        for rule in self.rules():
+            if rule.mode == "penalty" and (rule.kind in ("hinge", "band") or rule.units == "z"):
+                return True
+            if rule.mode == "clamp" or (rule.mode == "ablate" and rule.ablate_to == "mean"):
+                return True
+        return False
+
+
+def _choice(name: str, value: Any, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise ConfigError(f"{name} must be one of {list(options)}, got {value!r}")
+
+
+def _reject_unknown(data: dict[str, Any], valid, source: str) -> None:
+    unknown = [k for k in data if k not in valid]
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(str(key), list(valid), n=1)
+            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ConfigError(f"{source}: unknown key(s) {', '.join(hints)}; valid keys are {sorted(valid)}")
+
+
+def _plain(value: Any) -> Any:
+    """Turn OmegaConf containers into plain Python values."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(value, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(value, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
+    return value
