@@ -3,7 +3,7 @@
 import json
 
 import pytest
-import torch
+import transformers
 from datasets import Dataset
 
 from emoreg.integrations import EmoRegCallback, attach
@@ -85,16 +85,23 @@ def test_hooks_are_removed_when_training_raises(tmp_path):
 def test_coef_schedule_continues_after_resume(tmp_path):
     config = {"emotions": {"desperate": 1.0}, "layers": [2], "coef": 1.0, "schedule": "linear_decay"}
 
-    def run(max_steps, resume=False, output=tmp_path / "run"):
+    class StopAt(transformers.TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                control.should_training_stop = True  # an interruption right after the checkpoint at step 2
+
+    def run(output, stop=False, resume=False):
         model = make_tiny_llama()
-        trainer = _trainer(output, 1, model, max_steps=max_steps, save_strategy="steps", save_steps=2)
+        trainer = _trainer(output, 1, model, max_steps=4, save_strategy="steps", save_steps=2)
         attach(trainer, make_bundle(model), config)
+        if stop:
+            trainer.add_callback(StopAt())
         trainer.train(resume_from_checkpoint=resume or None)
         return [h["emoreg/coef"] for h in trainer.state.log_history if "emoreg/coef" in h]
 
-    full = run(4, output=tmp_path / "full")
-    run(2, output=tmp_path / "part")  # interrupted after the checkpoint at step 2
-    resumed = run(4, resume=True, output=tmp_path / "part")
+    full = run(tmp_path / "full")
+    run(tmp_path / "part", stop=True)
+    resumed = run(tmp_path / "part", resume=True)
     assert full == pytest.approx([1.0, 0.75, 0.5, 0.25])
     assert resumed[-2:] == pytest.approx(full[-2:])
     assert (tmp_path / "part" / "checkpoint-2" / "emoreg_state.json").is_file()

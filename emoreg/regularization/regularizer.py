@@ -226,12 +226,11 @@ class Regularizer:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
+        """The schedule position (the run's ``total_steps`` comes from its own trainer or config)."""
         return {"step": self._step, "total_steps": self.total_steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._step = int(state.get("step", 0))
-        if state.get("total_steps") is not None and self.config.total_steps is None:
-            self.total_steps = int(state["total_steps"])
 
     # ------------------------------------------------------------------ hooks
     def _context_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
