@@ -80,6 +80,7 @@ def test_read_goemotions_keeps_single_label_non_neutral_rows(tmp_path):
     data = read_goemotions_ekman(path)
     assert data.texts == ["I am so mad", "yay"]
     assert data.labels == ["angry", "happy"]
+    assert data.neutral == ["meh"]
 
 
 def test_read_goemotions_errors(tmp_path):
@@ -95,9 +96,11 @@ def test_read_goemotions_errors(tmp_path):
 def test_goemotions_check_on_six_emotions(tmp_path, tiny_llama, tiny_tokenizer):
     corpus = synthetic_corpus(emotions=SIX)
     vectors = extract_emotion_vectors(tiny_llama, tiny_tokenizer, corpus, progress=False).vectors
-    rows = [(f"text number {i} about things", str(i % 7)) for i in range(28)]
+    rows = [(f"text number {i} about things", str(i % 7)) for i in range(84)]
     report = goemotions_check(tiny_llama, tiny_tokenizer, vectors, _goemotions(tmp_path, rows), progress=False)
-    assert report["rows"] == 24  # neutral rows dropped
+    assert report["rows"] == 72  # neutral rows are not evaluated...
+    assert report["domain_neutral_rows"] == 12  # ...but give the in-domain baseline
+    assert set(report["balanced_accuracy_domain_neutral_by_layer"]) == {"0", "1", "2", "3"}
     assert report["chance"] == pytest.approx(1 / 6)
     assert set(report["balanced_accuracy_by_layer"]) == {"0", "1", "2", "3"}
     assert all(0 <= v <= 1 for v in report["balanced_accuracy_by_layer"].values())

@@ -17,8 +17,8 @@ Two ways to use it with any TRL trainer (SFT, DPO, GRPO, RLOO, KTO, reward):
 The penalty reaches the gradient through the trainer's own backward pass
 (:mod:`emoreg.regularization.gradient`), scaled by
 ``coef / gradient_accumulation_steps * loss_scale``: per micro-batch the
-objective is ``loss + coef * R``, consistent with gradient accumulation (and
-averaged over ranks by DDP/DeepSpeed like the loss).
+objective is ``loss + coef * R``, consistent with gradient accumulation; ``R``
+is a token mean per micro-batch and rank, and DDP/DeepSpeed average it over ranks.
 """
 
 from __future__ import annotations

@@ -169,6 +169,7 @@ def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
 class LabelledTexts:
     texts: list[str]
     labels: list[str]
+    neutral: list[str]  # single-label rows marked neutral (no emotion label is used from them)
 
 
 def read_goemotions_ekman(path: str | Path, labels_path: str | Path | None = None) -> LabelledTexts:
@@ -181,7 +182,7 @@ def read_goemotions_ekman(path: str | Path, labels_path: str | Path | None = Non
     if not labels_path.is_file():
         raise DataFormatError(f"{labels_path}: label list not found (one Ekman label per line)")
     names = [line.strip() for line in labels_path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    texts, labels = [], []
+    texts, labels, neutral = [], [], []
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             parts = line.rstrip("\n").split("\t")
@@ -197,9 +198,11 @@ def read_goemotions_ekman(path: str | Path, labels_path: str | Path | None = Non
             if label in EKMAN_TO_EMOREG:
                 texts.append(parts[0])
                 labels.append(EKMAN_TO_EMOREG[label])
+            elif label == "neutral":
+                neutral.append(parts[0])
     if not texts:
         raise DataFormatError(f"{path}: no single-label, non-neutral rows found")
-    return LabelledTexts(texts, labels)
+    return LabelledTexts(texts, labels, neutral)
 
 
 def mean_projections(
@@ -235,8 +238,15 @@ def mean_projections(
 
 
 def goemotions_check(model: nn.Module, tokenizer, vectors: EmotionVectors, path: str | Path, *,
-                     batch_size: int = 16, progress: bool = True, sink_tokens: int = 1) -> dict[str, Any]:
-    """Six-way balanced accuracy of the argmax over the Ekman emotions' projections, per layer."""
+                     batch_size: int = 16, progress: bool = True, sink_tokens: int = 1,
+                     max_neutral: int = 1000) -> dict[str, Any]:
+    """Six-way balanced accuracy of the argmax over the Ekman emotions' projections, per layer.
+
+    The primary score standardises projections with the bundle's own base-model statistics (neutral
+    dialogues). A secondary score standardises them against the file's own neutral rows (in-domain
+    Reddit text; their labels say only "neutral", no emotion label is used), which separates "the
+    directions carry the emotion" from "the baseline differs between dialogues and Reddit comments".
+    """
     data = read_goemotions_ekman(path)
     six = [e for e in EKMAN_TO_EMOREG.values()]
     missing = [e for e in six if e not in vectors.emotions]
@@ -246,11 +256,19 @@ def goemotions_check(model: nn.Module, tokenizer, vectors: EmotionVectors, path:
     projections = mean_projections(model, tokenizer, sub, data.texts, batch_size=batch_size, progress=progress,
                                    sink_tokens=sink_tokens, desc="emoreg validate: GoEmotions")
     truth = torch.tensor([six.index(label) for label in data.labels])
-    raw_acc, z_acc = {}, {}
+    neutral_texts = data.neutral[:max_neutral]
+    neutral = mean_projections(model, tokenizer, sub, neutral_texts, batch_size=batch_size, progress=progress,
+                               sink_tokens=sink_tokens, desc="emoreg validate: GoEmotions neutral rows") \
+        if len(neutral_texts) >= 10 else None
+    raw_acc, z_acc, domain_acc = {}, {}, {}
     for layer, proj in projections.items():
         raw_acc[str(layer)] = _balanced_accuracy(proj.argmax(-1), truth, len(six))
         if sub.has_stats:
             z_acc[str(layer)] = _balanced_accuracy(sub.standardize(proj, layer).argmax(-1), truth, len(six))
+        if neutral is not None:
+            baseline = neutral[layer]
+            z_domain = (proj - baseline.mean(0)) / baseline.std(0).clamp(min=1e-6)
+            domain_acc[str(layer)] = _balanced_accuracy(z_domain.argmax(-1), truth, len(six))
     primary = z_acc or raw_acc
     return {
         "file": str(path),
@@ -260,6 +278,8 @@ def goemotions_check(model: nn.Module, tokenizer, vectors: EmotionVectors, path:
         "method": "mean projection over tokens (sink excluded); argmax of z-scores (base-model neutral statistics)",
         "balanced_accuracy_by_layer": primary,
         "balanced_accuracy_raw_by_layer": raw_acc,
+        "balanced_accuracy_domain_neutral_by_layer": domain_acc,
+        "domain_neutral_rows": len(neutral_texts) if neutral is not None else 0,
         "default_layer_balanced_accuracy": primary[str(vectors.default_layer)],
     }
 
@@ -353,7 +373,12 @@ def _markdown(report: dict[str, Any]) -> str:
             f"{go['rows']} rows from `{go['file']}`; {go['method']}; chance {go['chance']:.1%}.",
             "",
             f"- default layer {layer}: balanced accuracy **{go['default_layer_balanced_accuracy']:.1%}** "
-            f"(raw projections: {go['balanced_accuracy_raw_by_layer'][str(layer)]:.1%})",
+            f"(raw projections: {go['balanced_accuracy_raw_by_layer'][str(layer)]:.1%}"
+            + (f"; z against the file's {go['domain_neutral_rows']} neutral rows instead of the bundle's neutral "
+               f"dialogues: {go['balanced_accuracy_domain_neutral_by_layer'][str(layer)]:.1%}"
+               if go.get("balanced_accuracy_domain_neutral_by_layer") else "") + ")",
+            f"- best layer: {max(go['balanced_accuracy_by_layer'], key=go['balanced_accuracy_by_layer'].get)} "
+            f"({max(go['balanced_accuracy_by_layer'].values()):.1%})",
             "",
         ]
     va = report["valence_arousal"]

@@ -1,0 +1,1 @@
+"""Scripts launched by tests/test_distributed.py (not collected by pytest)."""
