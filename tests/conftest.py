@@ -21,3 +21,19 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
 def tiny_llama() -> PreTrainedModel:
     """A fresh tiny random Llama (4 layers, hidden size 64, eval mode, seed 0) for each test."""
     return make_tiny_llama()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_for_tiny_models(request):
+    """Tiny-model tests run faster on one thread (thread start-up dominates); slow tests keep them all."""
+    import torch
+
+    if request.node.get_closest_marker("slow") is not None:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 import transformers
 from datasets import Dataset
 
@@ -105,3 +106,48 @@ def test_coef_schedule_continues_after_resume(tmp_path):
     assert full == pytest.approx([1.0, 0.75, 0.5, 0.25])
     assert resumed[-2:] == pytest.approx(full[-2:])
     assert (tmp_path / "part" / "checkpoint-2" / "emoreg_state.json").is_file()
+
+
+def test_attach_metrics_reach_reporters_registered_before_it(tmp_path):
+    """A report_to backend is a callback registered before user callbacks; with attach() it sees emoreg/ metrics."""
+    seen = []
+
+    class Reporter(transformers.TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            seen.append(dict(logs or {}))
+
+    model = make_tiny_llama()
+    trainer = _trainer(tmp_path, 1, model, max_steps=2)
+    trainer.callback_handler.callbacks.insert(0, Reporter())
+    attach(trainer, make_bundle(model), {"emotions": {"desperate": 1.0}, "layers": [2]})
+    trainer.train()
+    training_logs = [logs for logs in seen if "loss" in logs]
+    assert len(training_logs) == 2
+    assert all("emoreg/desperate/L2/projection" in logs for logs in training_logs)
+
+
+def test_fp16_loss_scale_is_read_from_the_scaler():
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+
+    class Optimizer:
+        pass
+
+    optimizer = Optimizer()
+    optimizer.scaler = scaler
+    callback = EmoRegCallback(make_bundle(make_tiny_llama()), {"emotions": {"desperate": 1.0}, "layers": [2]})
+    callback._optimizer = optimizer
+    assert callback._loss_scale() == 4096.0
+    callback._optimizer = None
+    assert callback._loss_scale() == 1.0
+
+
+def test_fp16_with_deepspeed_is_refused():
+    from emoreg.errors import ConfigError
+
+    class Args:
+        fp16 = True
+        deepspeed = "ds_config.json"
+
+    callback = EmoRegCallback(make_bundle(make_tiny_llama()), {"emotions": {"desperate": 1.0}, "layers": [2]})
+    with pytest.raises(ConfigError, match="fp16 with DeepSpeed"):
+        callback._check_precision(Args())

@@ -300,3 +300,39 @@ def test_explicit_penalty_follows_the_schedule(tiny_tokenizer):
         model(input_ids=input_ids, attention_mask=attention_mask)
         reg.set_step(4)
         assert float(reg.penalty()) == pytest.approx(2 * float(value), rel=1e-5)
+
+
+def test_zero_ablation_sets_the_projection_to_zero(tiny_tokenizer):
+    model = make_tiny_llama().double().train()
+    vectors = make_bundle(model)
+    input_ids, attention_mask, _ = _batch(tiny_tokenizer)
+    config = RegularizerConfig(emotions={"hostile": {"mode": "ablate", "ablate_to": "zero"}}, layers=[1])
+    got = {}
+    with Regularizer(model, vectors, config):
+        handle = find_decoder_layers(model)[2].register_forward_pre_hook(
+            lambda m, a: got.__setitem__("h", a[0].detach().clone()))
+        try:
+            model(input_ids=input_ids, attention_mask=attention_mask)
+        finally:
+            handle.remove()
+    mask = content_mask(attention_mask)
+    projection = got["h"] @ vectors.direction("hostile", 1).double()
+    assert projection[mask].abs().max() < 1e-10
+    assert projection[~mask].abs().min() > 0  # sinks and padding keep theirs
+
+
+def test_gradient_scale_follows_an_fp16_loss_scale(tiny_tokenizer):
+    """With a GradScaler the loss's gradient is multiplied by the scale; the injected penalty must be too."""
+    model = make_tiny_llama().double().train()
+    vectors = make_bundle(model)
+    input_ids, attention_mask, labels = _batch(tiny_tokenizer)
+    expected, _ = _reference_grads(model, input_ids, attention_mask, labels, vectors, RULES, [2], 0.25)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    model.zero_grad()
+    with Regularizer(model, vectors, RegularizerConfig(emotions=RULES, coef=0.25, layers=[2]),
+                     inject="autograd") as reg:
+        reg.gradient_scale = float(scaler.get_scale())
+        loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+        scaler.scale(loss).backward()
+    unscaled = {n: p.grad / 1024.0 for n, p in model.named_parameters() if p.grad is not None}
+    _assert_same_grads(unscaled, expected)

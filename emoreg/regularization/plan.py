@@ -152,11 +152,11 @@ def build_plan(vectors: EmotionVectors, layer: int, rules: list[EmotionRule], lo
             raise ConfigError(f"unknown mode {rule.mode!r}")
     if set_idx:
         set_directions = directions[set_idx]
-        gram = set_directions @ set_directions.T
+        gram = set_directions.double() @ set_directions.double().T
         if torch.linalg.matrix_rank(gram.double()) < len(set_idx):
             raise ConfigError(f"layer {layer}: the directions of the ablated/clamped emotions "
                               f"{[watched[i] for i in set_idx]} are linearly dependent")
-        inverse_gram = torch.linalg.inv(gram.double()).to(torch.float32)
+        inverse_gram = torch.linalg.inv(gram.double())  # cast to the compute dtype by LayerPlan.to
     else:
         inverse_gram = torch.zeros(0, 0)
     return LayerPlan(
