@@ -38,3 +38,19 @@ def test_atomic_file(tmp_path):
     with atomic_file(target) as handle:
         handle.write("done\n")
     assert target.read_text() == "done\n"
+
+
+def test_outputs_get_umask_permissions(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        with atomic_directory(tmp_path / "bundle") as tmp:
+            (tmp / "f.txt").write_text("x")
+        with atomic_file(tmp_path / "out.txt") as handle:
+            handle.write("y")
+    finally:
+        os.umask(mask)
+    assert oct((tmp_path / "bundle").stat().st_mode & 0o777) == oct(0o755)
+    assert oct((tmp_path / "bundle" / "f.txt").stat().st_mode & 0o777) == oct(0o644)
+    assert oct((tmp_path / "out.txt").stat().st_mode & 0o777) == oct(0o644)

@@ -26,6 +26,7 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _default_permissions(tmp)
     old = None
     if target.exists():
         old = target.parent / f".{target.name}.old-{os.getpid()}"
@@ -52,4 +53,22 @@ def atomic_file(target: str | Path, mode: str = "w", encoding: str | None = "utf
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _default_permissions(tmp)
     os.replace(tmp, target)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _default_permissions(path: Path) -> None:
+    """Give what ``mkdtemp``/``mkstemp`` created (0700/0600) the usual umask-based permissions."""
+    mask = _umask()
+    if path.is_dir():
+        path.chmod(0o777 & ~mask)
+        for child in path.rglob("*"):
+            child.chmod((0o777 if child.is_dir() else 0o666) & ~mask)
+    else:
+        path.chmod(0o666 & ~mask)
