@@ -25,16 +25,19 @@ class LayerMetrics:
         e, p = len(self.plan_emotions), len(self.penalty_emotions)
         return 1 + 3 * e + p  # count, sum p, sum z, above p95 count, penalty sums
 
-    def record(self, plan: LayerPlan, projections: torch.Tensor, penalty_values: torch.Tensor | None) -> None:
-        """Add the selected tokens' projections ``[N, E]`` (and per-token penalties ``[N, P]``)."""
+    def record(self, plan: LayerPlan, count: torch.Tensor, sums: torch.Tensor, above: torch.Tensor,
+               penalty_sums: torch.Tensor | None) -> None:
+        """Add one forward's token count, projection sums ``[E]``, counts above the 95th percentile ``[E]``
+        and per-emotion penalty sums ``[P]`` (sums over the selected tokens)."""
         with torch.no_grad():
-            p = projections.detach().to(torch.float64)
-            z = (p - plan.mean.to(p)) / plan.std.to(p)
-            above = (p > plan.p95.to(p)).to(torch.float64)
-            parts = [p.new_tensor([p.shape[0]]), p.sum(0), z.sum(0), above.sum(0)]
+            count = count.to(torch.float64).reshape(1)
+            sums = sums.to(torch.float64)
+            # z is linear in p, so the sum of z-scores follows from the sum of projections
+            sum_z = (sums - count * plan.mean.to(sums)) / plan.std.to(sums)
+            parts = [count, sums, sum_z, above.to(torch.float64)]
             if self.penalty_emotions:
-                parts.append(penalty_values.detach().to(torch.float64).sum(0) if penalty_values is not None
-                             else p.new_zeros(len(self.penalty_emotions)))
+                parts.append(penalty_sums.to(torch.float64) if penalty_sums is not None
+                             else sums.new_zeros(len(self.penalty_emotions)))
             row = torch.cat(parts)
             self._sums = row if self._sums is None else self._sums.to(row.device) + row
 

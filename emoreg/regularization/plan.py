@@ -18,8 +18,10 @@ Penalties per emotion ``e`` over the selected tokens ``t`` (``p = h . v``,
 Interventions set projections exactly: for the ablated and clamped emotions
 with directions ``V`` (rows), targets ``p*`` (the base mean or 0 for ablation,
 ``clip(p, low, high)`` for clamping) and ``G = V V^T``, the edit
-``h + (p* - p) G^{-1} V`` makes ``h' . v_e = p*_e`` for all of them at once,
-also when directions are not orthogonal. Steering adds ``sum_e c_e v_e``.
+``h + (p* - p) G^+ V`` makes ``h' . v_e = p*_e`` for all of them at once when the
+directions are linearly independent (orthogonal or not); for dependent sets
+(e.g. all emotions of a difference-of-means bundle, which sum to zero) it is
+the minimal-norm least-squares edit. Steering adds ``sum_e c_e v_e``.
 Edits apply only at the selected positions (never padding or sinks).
 """
 
@@ -57,7 +59,7 @@ class LayerPlan:
     set_is_clamp: torch.Tensor  # [S] bool
     set_low: torch.Tensor  # [S] raw ablation target / clamp low
     set_high: torch.Tensor  # [S] raw ablation target / clamp high
-    set_inverse_gram: torch.Tensor  # [S, S]
+    set_edit: torch.Tensor  # [S, d] = G^+ V: coefficients (p* - p) times this give the edit
     steer: torch.Tensor | None  # [d] or None
 
     @property
@@ -151,14 +153,12 @@ def build_plan(vectors: EmotionVectors, layer: int, rules: list[EmotionRule], lo
         else:  # pragma: no cover - validated by the config
             raise ConfigError(f"unknown mode {rule.mode!r}")
     if set_idx:
-        set_directions = directions[set_idx]
-        gram = set_directions.double() @ set_directions.double().T
-        if torch.linalg.matrix_rank(gram.double()) < len(set_idx):
-            raise ConfigError(f"layer {layer}: the directions of the ablated/clamped emotions "
-                              f"{[watched[i] for i in set_idx]} are linearly dependent")
-        inverse_gram = torch.linalg.inv(gram.double())  # cast to the compute dtype by LayerPlan.to
+        set_directions = directions[set_idx].double()
+        # Pseudo-inverse: exact when the directions are independent; the least-squares (minimal-norm) edit when
+        # they are not (difference-of-means directions of *all* emotions sum to zero, so they are dependent).
+        set_edit = torch.linalg.pinv(set_directions @ set_directions.T, hermitian=True) @ set_directions  # [S, d]
     else:
-        inverse_gram = torch.zeros(0, 0)
+        set_edit = torch.zeros(0, directions.shape[1], dtype=torch.float64)
     return LayerPlan(
         layer=layer,
         emotions=watched,
@@ -175,7 +175,7 @@ def build_plan(vectors: EmotionVectors, layer: int, rules: list[EmotionRule], lo
         set_is_clamp=torch.tensor(set_clamp, dtype=torch.bool),
         set_low=torch.tensor(set_low, dtype=torch.float32),
         set_high=torch.tensor(set_high, dtype=torch.float32),
-        set_inverse_gram=inverse_gram,
+        set_edit=set_edit,
         steer=steer,
     )
 
@@ -189,8 +189,8 @@ def _percentile(vectors: EmotionVectors, stats, level: float) -> torch.Tensor:
 
 
 def penalty_terms(plan: LayerPlan, projections: torch.Tensor) -> torch.Tensor:
-    """Per-token penalty values ``[N, P]`` from projections ``[N, E]`` of the selected tokens."""
-    p = projections[:, plan.penalty_index]
+    """Per-token penalty values ``[..., P]`` from projections ``[..., E]``."""
+    p = projections[..., plan.penalty_index]
     z = (p - plan.mean[plan.penalty_index]) / plan.std[plan.penalty_index]
     u = torch.where(plan.penalty_standardized, z, p)
     threshold = plan.penalty_threshold
@@ -202,15 +202,20 @@ def penalty_terms(plan: LayerPlan, projections: torch.Tensor) -> torch.Tensor:
 
 
 def intervene(plan: LayerPlan, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Return a new hidden state with the plan's ablations, clamps and steering applied at ``mask``."""
+    """Return a new hidden state with the plan's ablations, clamps and steering applied at ``mask``.
+
+    One ``[B, T, k] @ [k, d]`` product builds the whole edit (k = edited emotions, plus one row for steering).
+    """
     dtype = plan.directions.dtype
-    delta = torch.zeros(hidden.shape, dtype=dtype, device=hidden.device)
+    weight = mask.unsqueeze(-1).to(dtype)  # [B, T, 1]
+    coefficients, rows = [], []
     if plan.set_index.numel():
-        directions = plan.directions[plan.set_index]  # [S, d]
-        p = hidden.to(dtype) @ directions.T  # [B, T, S]
+        p = hidden.to(dtype) @ plan.directions[plan.set_index].T  # [B, T, S]
         target = torch.maximum(torch.minimum(p, plan.set_high), plan.set_low)
-        delta = delta + ((target - p) @ plan.set_inverse_gram) @ directions
+        coefficients.append((target - p) * weight)
+        rows.append(plan.set_edit)
     if plan.steer is not None:
-        delta = delta + plan.steer
-    delta = delta * mask.unsqueeze(-1).to(dtype)
+        coefficients.append(weight)
+        rows.append(plan.steer.unsqueeze(0))
+    delta = torch.cat(coefficients, dim=-1) @ torch.cat(rows, dim=0)
     return hidden + delta.to(hidden.dtype)

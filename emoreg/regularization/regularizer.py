@@ -299,21 +299,32 @@ class Regularizer:
 
     def _penalise_and_record(self, layer: int, plan: LayerPlan, hidden: torch.Tensor,
                              mask: torch.Tensor) -> torch.Tensor:
-        selected = hidden[mask]  # [N, d]
-        projections = selected.to(plan.directions.dtype) @ plan.directions.T  # [N, E]
-        values = penalty_terms(plan, projections) if plan.has_penalty else None
-        finite = bool(torch.isfinite(projections).all())
-        if not finite:
-            bad = [plan.emotions[i] for i in range(len(plan.emotions))
-                   if not torch.isfinite(projections[:, i]).all()]
+        # Projections of every position (a [B, T, E] product), then masked sums: no gather/scatter of the
+        # [B, T, d] hidden state. Unselected positions are zeroed *before* the penalty function, so a NaN on a
+        # padding row can reach neither the penalty nor its gradient.
+        projections = hidden.to(plan.directions.dtype) @ plan.directions.T  # [B, T, E]
+        selected = mask.unsqueeze(-1)
+        projections = torch.where(selected, projections, torch.zeros((), dtype=projections.dtype,
+                                                                      device=projections.device))
+        count = mask.sum()
+        sums = projections.sum(dim=(0, 1))  # [E]
+        values = None
+        if plan.has_penalty:
+            values = torch.where(selected, penalty_terms(plan, projections),
+                                 torch.zeros((), dtype=projections.dtype, device=projections.device))
+            penalty_sums = values.sum(dim=(0, 1))  # [P]
+        if not bool(torch.isfinite(sums).all()):
+            bad = [e for e, ok in zip(plan.emotions, torch.isfinite(sums).tolist()) if not ok]
             warnings.warn(f"emoreg: non-finite activations at layer {layer} (emotions {bad}); "
                           "this step's penalty and metrics at that layer are skipped", stacklevel=2)
             self._skipped_nonfinite += 1
             return hidden
-        self._metrics[layer].record(plan, projections, values)
-        if values is None or selected.shape[0] == 0:
+        above = ((projections.detach() > plan.p95) & selected).sum(dim=(0, 1))
+        self._metrics[layer].record(plan, count.detach(), sums.detach(), above,
+                                    penalty_sums.detach() if values is not None else None)
+        if values is None or int(count) == 0:
             return hidden
-        penalty = (values.mean(0) * plan.penalty_weight).sum()
+        penalty = (penalty_sums / count * plan.penalty_weight).sum()
         if self.inject == "explicit":
             self._pending.append(penalty)
             if len(self._pending) > 1000 and not self._warned_pending:
