@@ -53,11 +53,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--mode", default="penalty", choices=["penalty", "ablate"])
-    parser.add_argument("--emotions", type=int, default=24)
+    parser.add_argument("--emotions", type=int, default=24, help="how many emotions to regularise")
+    parser.add_argument("--layers", default="all", help="'all' or a comma-separated list of layers")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=1, help="steps per block (blocks alternate)")
+    parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--gradient-checkpointing", action="store_true")
     args = parser.parse_args()
 
@@ -66,14 +67,11 @@ def main() -> None:
     model.train()
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    if args.model == "default" or args.model != "random-1b":
-        vectors = EmotionVectors.from_pretrained("default") if args.model == "default" else random_bundle(model, args.emotions)
-    else:
-        vectors = random_bundle(model, args.emotions)
+    vectors = EmotionVectors.from_pretrained("default") if args.model == "default" else random_bundle(model, args.emotions)
     emotions = vectors.emotions[: args.emotions]
     mode = {"mode": args.mode} if args.mode == "penalty" else {"mode": "ablate", "ablate_to": "zero"}
-    config = RegularizerConfig(emotions={e: 1.0 for e in emotions}, kind="hinge", coef=0.1,
-                               layers=list(range(num_layers(model))), **mode)
+    layers = list(range(num_layers(model))) if args.layers == "all" else [int(x) for x in args.layers.split(",")]
+    config = RegularizerConfig(emotions={e: 1.0 for e in emotions}, kind="hinge", coef=0.1, layers=layers, **mode)
     regularizer = Regularizer(model, vectors, config, inject="autograd")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=args.device.startswith("cuda"))
     vocab = model.config.vocab_size
@@ -117,7 +115,7 @@ def main() -> None:
     p, h = statistics.median(plain), statistics.median(hooked)
     device_name = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
     print(f"model {args.model}, {device_name}, {args.dtype}, batch {args.batch_size} x {args.seq_len}, "
-          f"mode {args.mode}, {len(emotions)} emotions x {num_layers(model)} layers"
+          f"mode {args.mode}, {len(emotions)} emotions x {len(layers)} layers"
           f"{', gradient checkpointing' if args.gradient_checkpointing else ''}")
     print(f"plain step     : {p * 1000:9.1f} ms (median of {len(plain)})")
     print(f"with emoreg    : {h * 1000:9.1f} ms (median of {len(hooked)})")

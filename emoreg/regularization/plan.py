@@ -61,6 +61,8 @@ class LayerPlan:
     set_high: torch.Tensor  # [S] raw ablation target / clamp high
     set_edit: torch.Tensor  # [S, d] = G^+ V: coefficients (p* - p) times this give the edit
     steer: torch.Tensor | None  # [d] or None
+    penalty_kinds: tuple[int, ...] = ()  # the distinct kinds used (0 square, 1 hinge, 2 band)
+    penalty_units: str = "raw"  # "raw", "z" or "mixed"
 
     @property
     def has_penalty(self) -> bool:
@@ -177,6 +179,8 @@ def build_plan(vectors: EmotionVectors, layer: int, rules: list[EmotionRule], lo
         set_high=torch.tensor(set_high, dtype=torch.float32),
         set_edit=set_edit,
         steer=steer,
+        penalty_kinds=tuple(sorted(set(pen_kind))),
+        penalty_units="mixed" if len(set(pen_std)) > 1 else ("z" if set(pen_std) == {True} else "raw"),
     )
 
 
@@ -189,11 +193,25 @@ def _percentile(vectors: EmotionVectors, stats, level: float) -> torch.Tensor:
 
 
 def penalty_terms(plan: LayerPlan, projections: torch.Tensor) -> torch.Tensor:
-    """Per-token penalty values ``[..., P]`` from projections ``[..., E]``."""
+    """Per-token penalty values ``[..., P]`` from projections ``[..., E]``.
+
+    Only the kinds and units the plan uses are computed (this runs in every training forward).
+    """
     p = projections[..., plan.penalty_index]
-    z = (p - plan.mean[plan.penalty_index]) / plan.std[plan.penalty_index]
-    u = torch.where(plan.penalty_standardized, z, p)
+    standardized = plan.penalty_standardized
+    if plan.penalty_units == "raw":
+        u = p
+    else:
+        z = (p - plan.mean[plan.penalty_index]) / plan.std[plan.penalty_index]
+        u = z if plan.penalty_units == "z" else torch.where(standardized, z, p)
     threshold = plan.penalty_threshold
+    kinds = plan.penalty_kinds
+    if kinds == (0,):
+        return u**2
+    if kinds == (1,):
+        return torch.relu(u - threshold) ** 2
+    if kinds == (2,):
+        return torch.relu(u.abs() - threshold) ** 2
     square = u**2
     hinge = torch.relu(u - threshold) ** 2
     band = torch.relu(u.abs() - threshold) ** 2
