@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from emoreg.errors import DataFormatError
 from emoreg.models.layout import final_norm_and_unembedding
 from emoreg.vectors.bundle import EmotionVectors
-from emoreg.vectors.capture import TokenizedBatch, forward_layers, tokenize_batches
+from emoreg.vectors.capture import forward_layers, tokenize_batches
 from emoreg.vectors.extraction import ExtractionResult
 from emoreg.vectors.tokens import content_mask, masked_mean
 
