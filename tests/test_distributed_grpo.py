@@ -38,6 +38,9 @@ def test_grpo_under_zero3_keeps_hooks_single_and_counts_training_tokens_only(tmp
         phases = [h["phase"] for h in rank["hooks"]]
         assert phases.count("training_forward") == ga * steps == len(rank["training_tokens"])
         assert phases.count("after_generate") == phases.count("generation_exit") == steps
+        # The rollouts ran through the hooked layers (one forward per generated token), so excluding them
+        # from the token counts below is a real check.
+        assert len(rank["rollout_forwards"]) >= steps and all(n > 0 for n in rank["rollout_forwards"])
         # (a) exactly one emoreg hook per hooked layer (none elsewhere) at every point.
         for record in rank["hooks"]:
             assert record["emoreg"] == expected_emoreg, (rank["rank"], record)

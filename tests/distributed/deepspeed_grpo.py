@@ -13,6 +13,7 @@ Each rank records:
   training forward, on entering the generation context (after ``remove_hooks``), right after each
   ``generate`` call and right after leaving the context (after ``add_hooks``); with the number of
   DeepSpeed's own forward hooks on the same layers, to show ``remove_hooks``/``add_hooks`` really ran;
+* ``rollout_forwards``: the real tokens of each no-grad forward (generation) through the hooked model;
 * ``training_tokens``: the non-sink real tokens of each training forward (training mode, grad enabled,
   recorded with a pre-hook on the unwrapped model), which exclude the rollouts;
 * ``after_train``: the emoreg hooks left anywhere in the model and whether the generate wrapper remains.
@@ -31,9 +32,9 @@ from pathlib import Path
 if __name__ == "__main__":  # launched as a file: make `tests` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import torch  # noqa: E402
+import torch
 
-from tests.distributed.common import (  # noqa: E402
+from tests.distributed.common import (
     COEF,
     LAYERS,
     RULES,
@@ -108,6 +109,7 @@ def run(out: Path) -> None:
 
     hooks: list[dict] = []
     training_tokens: list[int] = []
+    rollout_forwards: list[int] = []  # no-grad forwards through the hooked model (generation steps)
     generations = 0
 
     def record(phase: str) -> None:
@@ -117,6 +119,8 @@ def run(out: Path) -> None:
         if module.training and torch.is_grad_enabled():
             record("training_forward")
             training_tokens.append(int(content_mask(kwargs["attention_mask"]).sum()))
+        elif not torch.is_grad_enabled():
+            rollout_forwards.append(int(kwargs["attention_mask"].sum()) if "attention_mask" in kwargs else -1)
 
     original_unwrap = grpo_module.unwrap_model_for_generation
 
@@ -158,6 +162,7 @@ def run(out: Path) -> None:
         "rank": rank,
         "hooks": hooks,
         "training_tokens": training_tokens,
+        "rollout_forwards": rollout_forwards,
         "generations": generations,
         "after_train": {
             "emoreg_hooks": emoreg_hooks_anywhere(trainer.model_wrapped, base),
