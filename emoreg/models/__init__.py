@@ -9,6 +9,7 @@ from emoreg.models.layout import (
     num_layers,
     replace_hidden_in_output,
     unwrap_model,
+    wrapper_chain,
 )
 
 __all__ = [
@@ -20,4 +21,5 @@ __all__ = [
     "num_layers",
     "replace_hidden_in_output",
     "unwrap_model",
+    "wrapper_chain",
 ]

@@ -163,6 +163,12 @@ def _unwrap_chain(model: nn.Module) -> list[nn.Module]:
     )
 
 
+def wrapper_chain(model: nn.Module) -> list[nn.Module]:
+    """``model``, every wrapper inside it (DDP, DeepSpeed engine, ``torch.compile``, PEFT) and, last,
+    the unwrapped model: the modules a forward call passes through on its way to the transformer."""
+    return _unwrap_chain(model)
+
+
 def _strip_layer_wrappers(module: nn.Module) -> nn.Module:
     """A decoder layer without per-layer wrappers (``torch.compile``, FSDP1, checkpointing)."""
     for _ in range(_MAX_UNWRAP_DEPTH):

@@ -43,6 +43,7 @@ from emoreg.models.layout import (
     hidden_from_output,
     replace_hidden_in_output,
     unwrap_model,
+    wrapper_chain,
 )
 from emoreg.regularization.config import RegularizerConfig
 from emoreg.regularization.gradient import add_penalty_gradient, in_backward_pass
@@ -127,7 +128,7 @@ class Regularizer:
         if owner is not None and owner is not self:
             raise ConfigError("another emoreg Regularizer is already attached to this model; detach it first")
         try:
-            chain = _wrapper_chain(self.model)
+            chain = wrapper_chain(self.model)
             backbone = getattr(base, "base_model", None)
             if isinstance(backbone, nn.Module) and backbone is not base and all(backbone is not m for m in chain):
                 chain.append(backbone)
@@ -336,35 +337,6 @@ class Regularizer:
         if scale == 0.0 or not hidden.requires_grad:
             return hidden
         return add_penalty_gradient(hidden, penalty, scale)
-
-
-def _wrapper_chain(model: nn.Module) -> list[nn.Module]:
-    """The model and every wrapper inside it down to the transformers model."""
-    chain = [model]
-    current = model
-    for _ in range(10):
-        inner = _unwrap_once(current)
-        if inner is None or inner is current:
-            break
-        chain.append(inner)
-        current = inner
-    base = unwrap_model(model)
-    if all(base is not m for m in chain):
-        chain.append(base)
-    return chain
-
-
-def _unwrap_once(module: nn.Module) -> nn.Module | None:
-    for attribute in ("module", "_orig_mod"):
-        inner = getattr(module, attribute, None)
-        if isinstance(inner, nn.Module):
-            return inner
-    get_base = getattr(module, "get_base_model", None)
-    if callable(get_base):
-        inner = get_base()
-        if isinstance(inner, nn.Module) and inner is not module:
-            return inner
-    return None
 
 
 def _call_values(module: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
