@@ -1,0 +1,1 @@
+"""Evaluation: emotion-probe activation, failure-mode rates and capability, with confidence intervals."""
