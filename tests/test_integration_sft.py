@@ -136,9 +136,14 @@ def test_fp16_loss_scale_is_read_from_the_scaler():
     optimizer.scaler = scaler
     callback = EmoRegCallback(make_bundle(make_tiny_llama()), {"emotions": {"desperate": 1.0}, "layers": [2]})
     callback._optimizer = optimizer
-    assert callback._loss_scale() == 4096.0
+    fp16, fp32 = type("Args", (), {"fp16": True}), type("Args", (), {"fp16": False})
+    assert callback._loss_scale(fp16) == 4096.0
     callback._optimizer = None
-    assert callback._loss_scale() == 1.0
+    assert callback._loss_scale(fp32) == 1.0
+    from emoreg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="fp16 training without a readable GradScaler"):
+        callback._loss_scale(fp16)
 
 
 def test_fp16_with_deepspeed_is_refused():

@@ -92,7 +92,7 @@ class EmoRegCallback(TrainerCallback):
         if self.regularizer is None:
             return
         self.regularizer.set_step(state.global_step)
-        self.regularizer.gradient_scale = self._loss_scale() / self._accumulation_steps(args)
+        self.regularizer.gradient_scale = self._loss_scale(args) / self._accumulation_steps(args)
 
     def on_substep_end(self, args, state, control, **kwargs):
         self._micro_in_epoch += 1
@@ -145,13 +145,17 @@ class EmoRegCallback(TrainerCallback):
                 return remaining
         return steps
 
-    def _loss_scale(self) -> float:
+    def _loss_scale(self, args) -> float:
+        """The fp16 GradScaler's current scale (1 without one); fp16 without a readable scaler is refused."""
         scaler = None
         if self.trainer is not None:
             scaler = getattr(getattr(self.trainer, "accelerator", None), "scaler", None)
         if scaler is None and self._optimizer is not None:
             scaler = getattr(self._optimizer, "scaler", None)
         if scaler is None:
+            if getattr(args, "fp16", False):
+                raise ConfigError("emoreg: fp16 training without a readable GradScaler; the penalty could not "
+                                  "follow the loss scale. Train in bf16 or fp32")
             return 1.0
         scale = scaler.get_scale() if hasattr(scaler, "get_scale") else None
         if scale is None or not math.isfinite(float(scale)):
@@ -165,11 +169,6 @@ class EmoRegCallback(TrainerCallback):
         if deepspeed:
             raise ConfigError("emoreg does not support fp16 with DeepSpeed (its dynamic loss scale is applied inside "
                               "the engine, where emoreg cannot follow it); use bf16, which needs no loss scaling")
-        scaler = getattr(self._optimizer, "scaler", None) if self._optimizer is not None else None
-        if scaler is None and self.trainer is not None:
-            scaler = getattr(getattr(self.trainer, "accelerator", None), "scaler", None)
-        if scaler is None:
-            logger.info("emoreg: fp16 without a readable GradScaler yet; the loss scale is read at each step")
 
     # ------------------------------------------------------------------ resume
     def _restore_from_checkpoint(self, args, state) -> None:
