@@ -31,15 +31,6 @@ N_SAMPLES = 16  # 8 micro-batches: 8 optimizer steps with GA 1, 2 with GA 4
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny float64 models: one intra-op thread is ~10x faster than two on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
 def fresh_accelerate_state():
     """Accelerate keeps process-wide singletons; start and leave every test with none."""
     from accelerate.state import AcceleratorState, GradientState

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from emoreg.errors import ConfigError, DataFormatError
 from emoreg.models.fingerprint import fingerprint_model
+from emoreg.models.layout import hidden_size, num_layers
 from emoreg.vectors.bundle import DEFAULT_PERCENTILES, EmotionVectors
 from emoreg.vectors.capture import TokenizedBatch, check_layers, forward_layers, tokenize_batches
 from emoreg.vectors.corpus import Corpus
@@ -137,7 +138,7 @@ def extract_emotion_vectors(
     layers = check_layers(model, config.layers)
     default_layer = config.default_layer
     if default_layer is None:
-        default_layer = _nearest(layers, round(2 * (max(check_layers(model, None)) + 1) / 3))
+        default_layer = _nearest(layers, round(2 * num_layers(model) / 3))
     elif default_layer not in layers:
         raise ConfigError(f"default_layer {default_layer} is not among the extracted layers {layers}")
     start_time = time.perf_counter()
@@ -148,7 +149,7 @@ def extract_emotion_vectors(
     story_texts = [s.text for s in corpus.stories]
     story_labels = torch.tensor([emotions.index(s.emotion) for s in corpus.stories])
     n_layers, n_emotions = len(layers), len(emotions)
-    d = _hidden_size(model)
+    d = hidden_size(model)
     emotion_sums = torch.zeros(n_layers, n_emotions, d, dtype=torch.float64)
     story_means = torch.zeros(len(story_texts), n_layers, d, dtype=torch.float16) if keep_story_means else None
     layer_pos = {layer: i for i, layer in enumerate(layers)}
@@ -339,12 +340,6 @@ def _check_finite(accumulator: torch.Tensor, layers: list[int], what: str) -> No
             f"non-finite activations (NaN or Inf) at layer {layer} on {what} text; "
             "try dtype float32 or check the model"
         )
-
-
-def _hidden_size(model: nn.Module) -> int:
-    from emoreg.models.layout import hidden_size
-
-    return hidden_size(model)
 
 
 def _nearest(options: list[int], target: int) -> int:
