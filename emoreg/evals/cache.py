@@ -1,0 +1,270 @@
+"""The eval cache: content hashes of models and data, cache keys, and resumable per-suite entries.
+
+A cache entry is a directory ``<root>/<key>/`` holding ``records.jsonl`` (one
+record per line, appended and flushed as soon as a suite yields it) and
+``metrics.json`` (written atomically when the suite has finished). An entry
+with ``metrics.json`` is complete and reused as it is; one without it is
+resumed: items whose ``id`` is already recorded are not run again.
+
+The key is a SHA-256 over everything that changes the records (see
+:func:`cache_key`); the model enters it through :func:`model_content_hash`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Self
+
+import torch
+from torch import nn
+
+from emoreg.errors import ConfigError
+from emoreg.utils.atomic import atomic_file
+from emoreg.vectors.bundle import EmotionVectors
+
+logger = logging.getLogger(__name__)
+
+RECORDS_FILE = "records.jsonl"
+METRICS_FILE = "metrics.json"
+KEY_FILE = "key.json"
+LOCK_FILE = ".lock"
+
+_SAMPLE_ELEMENTS = 4096
+_SUM_CHUNK = 1 << 22
+
+
+def default_cache_root() -> Path:
+    """``$EMOREG_CACHE/evals`` (default ``~/.cache/emoreg/evals``)."""
+    from emoreg.models.loading import cache_dir
+
+    return cache_dir() / "evals"
+
+
+def model_content_hash(model: nn.Module) -> str:
+    """SHA-256 identifying the model's weights, cheap on large models.
+
+    For every parameter (in ``named_parameters`` order, names included): its
+    name, shape and dtype, up to 4096 evenly spaced elements (stored values,
+    exact), and the float64 sum and sum of squares of the whole tensor, printed
+    to 12 significant digits. The sampled elements catch dense changes exactly;
+    the sums catch a change anywhere in a tensor (e.g. a few fine-tuned
+    embedding rows) while staying equal across devices and reduction orders.
+    Values are not rounded to a coarser dtype: a model loaded in bfloat16 and in
+    float32 gives different hashes, as it gives different outputs. DeepSpeed
+    ZeRO-3 partitions are gathered one parameter at a time (every rank must call this).
+    """
+    digest = hashlib.sha256()
+    for name, param in model.named_parameters():
+        with _gathered(param):
+            tensor = param.detach()
+            digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
+            flat = tensor.reshape(-1)
+            n = flat.numel()
+            if n == 0:
+                continue
+            index = torch.linspace(0, n - 1, min(n, _SAMPLE_ELEMENTS), device=flat.device).round().long()
+            digest.update(flat[index].to(device="cpu", dtype=torch.float32).numpy().tobytes())
+            total, squares = _sums(flat)
+            digest.update(f"{total:.12e}|{squares:.12e}|".encode())
+    return digest.hexdigest()
+
+
+def _sums(flat: torch.Tensor) -> tuple[float, float]:
+    """Float64 sum and sum of squares, in chunks so no full float64 copy is made."""
+    total = 0.0
+    squares = 0.0
+    for start in range(0, flat.numel(), _SUM_CHUNK):
+        chunk = flat[start:start + _SUM_CHUNK].to(torch.float64)
+        total += float(chunk.sum())
+        squares += float((chunk * chunk).sum())
+    return total, squares
+
+
+@contextmanager
+def _gathered(param: torch.Tensor) -> Iterator[None]:
+    """Materialise a DeepSpeed ZeRO-3 partitioned parameter for the block (no-op otherwise)."""
+    if not hasattr(param, "ds_id"):
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+        yield
+
+
+def vectors_fingerprint(vectors: EmotionVectors) -> str:
+    """SHA-256 of a bundle's content: emotions, layers, default layer, directions and statistics."""
+    digest = hashlib.sha256()
+    digest.update(canonical_json({"emotions": vectors.emotions, "layers": vectors.layers,
+                                  "default_layer": vectors.default_layer}).encode())
+    for layer in vectors.layers:
+        digest.update(vectors.directions(layer).to(torch.float32).contiguous().numpy().tobytes())
+        if vectors.has_stats:
+            stats = vectors.stats(layer)
+            for tensor in (stats.mean, stats.std):
+                digest.update(tensor.to(torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def canonical_json(payload: Any) -> str:
+    """Deterministic JSON (sorted keys, no spaces; unknown objects as ``str``)."""
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def cache_key(payload: dict[str, Any]) -> str:
+    """SHA-256 of :func:`canonical_json` of ``payload`` (everything that changes a suite's records)."""
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+
+
+class CacheEntry:
+    """One suite run's cache directory: read what is there, append records, mark complete.
+
+    Use as a context manager: it takes an exclusive lock on the entry (another
+    process writing the same entry is a :class:`ConfigError`), truncates a
+    half-written last line left by a crash, and opens ``records.jsonl`` for appending.
+    """
+
+    def __init__(self, root: str | Path, key: str, payload: dict[str, Any] | None = None) -> None:
+        self.directory = Path(root) / key
+        self.key = key
+        self.payload = payload
+        self._handle = None
+        self._lock = None
+
+    @property
+    def records_path(self) -> Path:
+        return self.directory / RECORDS_FILE
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.directory / METRICS_FILE
+
+    def is_complete(self) -> bool:
+        return self.metrics_path.is_file()
+
+    def __enter__(self) -> Self:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock = _lock(self.directory / LOCK_FILE)
+        try:
+            if self.payload is not None and not (self.directory / KEY_FILE).is_file():
+                with atomic_file(self.directory / KEY_FILE) as handle:
+                    json.dump(self.payload, handle, indent=2, sort_keys=True, default=str)
+            self._repair()
+            self._handle = self.records_path.open("a", encoding="utf-8")
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+        if self._lock is not None:
+            _unlock(self._lock)
+            self._lock = None
+
+    def records(self) -> list[dict[str, Any]]:
+        """The records saved so far, in the order they were written (unreadable lines skipped)."""
+        return [record for record, _ in self._read()]
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Save one record now (one JSON line, flushed to the OS)."""
+        if self._handle is None:
+            raise RuntimeError("CacheEntry.append outside its `with` block")
+        self._handle.write(json.dumps(record) + "\n")
+        self._handle.flush()
+
+    def metrics(self) -> dict[str, Any]:
+        return json.loads(self.metrics_path.read_text(encoding="utf-8"))
+
+    def complete(self, metrics: dict[str, Any]) -> None:
+        """Write ``metrics.json`` atomically: the entry is complete from now on."""
+        if self._handle is not None:
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+        with atomic_file(self.metrics_path) as handle:
+            json.dump(metrics, handle, indent=2)
+
+    def _read(self) -> list[tuple[dict[str, Any], int]]:
+        """``(record, end offset)`` for every well-formed line."""
+        if not self.records_path.is_file():
+            return []
+        out = []
+        offset = 0
+        with self.records_path.open("rb") as handle:
+            for raw in handle:
+                offset += len(raw)
+                if not raw.endswith(b"\n"):
+                    break  # a line cut short by a crash
+                try:
+                    record = json.loads(raw)
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    continue
+                if isinstance(record, dict) and isinstance(record.get("id"), str):
+                    out.append((record, offset))
+        return out
+
+    def _repair(self) -> None:
+        """Rewrite ``records.jsonl`` without lines a crash left unreadable (so appends start on a clean line)."""
+        if not self.records_path.is_file():
+            return
+        good = self._read()
+        size = self.records_path.stat().st_size
+        lines = _count_lines(self.records_path)
+        if len(good) == lines and (not good or good[-1][1] == size):
+            return
+        logger.warning("eval cache %s: dropping %d unreadable line(s) left by an interrupted run",
+                       self.records_path, lines - len(good))
+        with atomic_file(self.records_path) as handle:
+            for record, _ in good:
+                handle.write(json.dumps(record) + "\n")
+
+
+def _count_lines(path: Path) -> int:
+    with path.open("rb") as handle:
+        return sum(1 for _ in handle)
+
+
+def _lock(path: Path):
+    """An exclusive, non-blocking lock on ``path`` (POSIX ``flock``; no locking elsewhere)."""
+    handle = path.open("a")
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return handle
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise ConfigError(f"another emoreg eval is writing the cache entry {path.parent}; wait for it to finish "
+                          "or run with --no-cache") from None
+    return handle
+
+
+def _unlock(handle) -> None:
+    try:
+        import fcntl
+
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    except (ImportError, OSError):  # pragma: no cover
+        pass
+    handle.close()
