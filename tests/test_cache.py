@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from emoreg.errors import ConfigError
-from emoreg.evals.cache import CacheEntry, cache_key, default_cache_root, model_content_hash, vectors_fingerprint
+from emoreg.evals.cache import (
+    CacheEntry,
+    cache_key,
+    default_cache_root,
+    model_content_hash,
+    sample_indices,
+    vectors_fingerprint,
+)
 from tests.regularizer_helpers import make_bundle
 from tests.tiny_models import make_tiny_llama
 
@@ -20,7 +27,7 @@ def test_content_hash_is_stable_and_follows_every_change(tiny_llama):
     assert reference == model_content_hash(make_tiny_llama())  # same seed, same weights
     embeddings = tiny_llama.get_input_embeddings().weight
     n = embeddings.numel()
-    sampled = set(torch.linspace(0, n - 1, min(n, 4096)).round().long().tolist())
+    sampled = set(sample_indices(n).tolist())
     element = next(i for i in range(n) if i not in sampled)  # a change the strided sample cannot see
     with torch.no_grad():
         embeddings.view(-1)[element] += 1e-4
@@ -39,6 +46,13 @@ def test_content_hash_sees_merged_lora():
     merged = peft.get_peft_model(copy.deepcopy(base), config).merge_and_unload()
     assert [n for n, _ in merged.named_parameters()] == [n for n, _ in base.named_parameters()]
     assert model_content_hash(merged) != reference
+
+
+def test_sample_indices_cover_large_tensors_exactly():
+    n = 28_311_552  # SmolLM2's embedding: float32 linspace would round the last index past the end
+    index = sample_indices(n)
+    assert len(index) == 4096 and index[0] == 0 and index[-1] == n - 1 and bool((index.diff() > 0).all())
+    assert sample_indices(3).tolist() == [0, 1, 2] and sample_indices(1).tolist() == [0]
 
 
 def test_vectors_fingerprint(tiny_llama):

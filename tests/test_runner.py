@@ -175,18 +175,45 @@ class _BadSuite(NllSuite):
         self.mode = mode
 
     def run(self, ctx, items):
-        if self.mode == "unknown":
-            yield {"id": "nope"}
+        if self.mode == "twice":
+            yield {"id": items[0]["id"], "part": "main", "score": 0.0}
         for item in items[:-1]:
             yield {"id": item["id"], "part": item["part"], "score": 0.0}
 
 
-@pytest.mark.parametrize("mode, message", [("unknown", "unknown item id 'nope'"), ("short", "no record for 1 item")])
+@pytest.mark.parametrize("mode, message", [("twice", "two records for item 'main-0'"),
+                                           ("short", "no record for 1 item")])
 def test_suite_bugs_are_reported_and_leave_the_entry_incomplete(tiny_llama, tiny_tokenizer, tmp_path, data_files,
                                                                 mode, message):
     with pytest.raises(RuntimeError, match=message):
         _run(tiny_llama, tiny_tokenizer, tmp_path, suite=_BadSuite(mode))
     assert not list((tmp_path / "cache").glob("*/metrics.json"))
+
+
+class _NoteSuite(NllSuite):
+    """Yields a note record (an id that is no item's) besides the item records, like capability without a base."""
+
+    name = "fake_note"
+
+    def run(self, ctx, items):
+        yield {"id": "fake_note/note", "note": f"{len(items)} items left"}
+        yield from super().run(ctx, items)
+
+    def summarize(self, records, ctx):
+        return super().summarize([r for r in records if "score" in r], ctx)
+
+
+def test_extra_records_are_kept_and_replaced_on_resume(tiny_llama, tiny_tokenizer, tmp_path, data_files):
+    failing = _NoteSuite(fail_after=2)
+    with pytest.raises(RuntimeError, match="simulated failure"):
+        _run(tiny_llama, tiny_tokenizer, tmp_path, suite=failing)
+    results = _run(tiny_llama, tiny_tokenizer, tmp_path, suite=_NoteSuite(), out_dir=tmp_path / "out")
+    assert results["suites"]["fake_note"]["n_records"] == 10
+    lines = [json.loads(line) for line in (tmp_path / "out" / "records.jsonl").read_text().splitlines()]
+    assert lines[-1] == {"id": "fake_note/note", "note": "7 items left", "suite": "fake_note"}
+    assert [r["id"] for r in lines[:2]] == ["main-0", "main-1"]
+    hit = _run(tiny_llama, tiny_tokenizer, tmp_path, suite=_NoteSuite())
+    assert hit["suites"]["fake_note"]["cache"] == "hit" and hit["suites"]["fake_note"]["n_records"] == 10
 
 
 def test_bad_limit(tiny_llama, tiny_tokenizer, tmp_path, data_files):

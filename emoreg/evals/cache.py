@@ -36,7 +36,6 @@ KEY_FILE = "key.json"
 LOCK_FILE = ".lock"
 
 _SAMPLE_ELEMENTS = 4096
-_SUM_CHUNK = 1 << 22
 
 
 def default_cache_root() -> Path:
@@ -51,10 +50,10 @@ def model_content_hash(model: nn.Module) -> str:
 
     For every parameter (in ``named_parameters`` order, names included): its
     name, shape and dtype, up to 4096 evenly spaced elements (stored values,
-    exact), and the float64 sum and sum of squares of the whole tensor, printed
-    to 12 significant digits. The sampled elements catch dense changes exactly;
-    the sums catch a change anywhere in a tensor (e.g. a few fine-tuned
-    embedding rows) while staying equal across devices and reduction orders.
+    exact), and the float64 sum of the whole tensor, printed to 12 significant
+    digits. The sampled elements catch dense changes exactly; the sum catches a
+    change anywhere in a tensor (e.g. a few fine-tuned embedding rows) while
+    staying equal across devices and reduction orders.
     Values are not rounded to a coarser dtype: a model loaded in bfloat16 and in
     float32 gives different hashes, as it gives different outputs. DeepSpeed
     ZeRO-3 partitions are gathered one parameter at a time (every rank must call this).
@@ -68,22 +67,19 @@ def model_content_hash(model: nn.Module) -> str:
             n = flat.numel()
             if n == 0:
                 continue
-            index = torch.linspace(0, n - 1, min(n, _SAMPLE_ELEMENTS), device=flat.device).round().long()
+            index = sample_indices(n).to(flat.device)
             digest.update(flat[index].to(device="cpu", dtype=torch.float32).numpy().tobytes())
-            total, squares = _sums(flat)
-            digest.update(f"{total:.12e}|{squares:.12e}|".encode())
+            total = float(torch.sum(flat, dtype=torch.float64))
+            digest.update(f"{total:.12e}|".encode())
     return digest.hexdigest()
 
 
-def _sums(flat: torch.Tensor) -> tuple[float, float]:
-    """Float64 sum and sum of squares, in chunks so no full float64 copy is made."""
-    total = 0.0
-    squares = 0.0
-    for start in range(0, flat.numel(), _SUM_CHUNK):
-        chunk = flat[start:start + _SUM_CHUNK].to(torch.float64)
-        total += float(chunk.sum())
-        squares += float((chunk * chunk).sum())
-    return total, squares
+def sample_indices(n: int, k: int = _SAMPLE_ELEMENTS) -> torch.Tensor:
+    """``min(n, k)`` evenly spaced indices into ``n`` elements, first and last included (exact integer arithmetic)."""
+    k = min(n, k)
+    if k <= 1:
+        return torch.zeros(k, dtype=torch.long)
+    return torch.arange(k, dtype=torch.long) * (n - 1) // (k - 1)
 
 
 @contextmanager

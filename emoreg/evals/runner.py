@@ -266,15 +266,20 @@ def _json_default(value: Any) -> Any:
 
 def run_prepared(ctx: EvalContext, prepared: PreparedSuite, entry: CacheEntry | None, *, progress: bool
                  ) -> tuple[list[Record], dict[str, Any], str]:
-    """Run one suite (resuming from ``entry``), returning ``(records in item order, metrics, cache status)``."""
+    """Run one suite (resuming from ``entry``), returning ``(records, metrics, cache status)``.
+
+    Records come in item order, followed by any extra records (ids that are not item ids, e.g. a note
+    on why a metric was skipped; a later extra with the same id replaces an earlier one). Every item
+    must get exactly one record.
+    """
     suite = prepared.suite
     order = {item["id"]: i for i, item in enumerate(prepared.items)}
     if entry is not None and entry.is_complete():
-        by_id = _first_by_id(entry.records(), order)
+        by_id, extras = _collect(entry.records(), order)
         if len(by_id) == len(order):
-            return [by_id[i] for i in order], entry.metrics(), "hit"
+            return [by_id[i] for i in order] + list(extras.values()), entry.metrics(), "hit"
         logger.warning("eval cache %s is marked complete but lacks records; running the suite again", entry.directory)
-    by_id = _first_by_id(entry.records(), order) if entry is not None else {}
+    by_id, extras = _collect(entry.records(), order) if entry is not None else ({}, {})
     status = ("resumed" if by_id else "miss") if entry is not None else "off"
     remaining = [item for item in prepared.items if item["id"] not in by_id]
     if remaining:
@@ -284,15 +289,18 @@ def run_prepared(ctx: EvalContext, prepared: PreparedSuite, entry: CacheEntry | 
         try:
             for record in suite.run(ctx, remaining):
                 record_id = record.get("id") if isinstance(record, dict) else None
-                if record_id not in order:
-                    raise RuntimeError(f"suite {suite.name!r} yielded a record for an unknown item id {record_id!r}")
+                if not isinstance(record_id, str):
+                    raise TypeError(f"suite {suite.name!r} yielded a record without a string id: {record!r:.200}")
                 if record_id in by_id:
                     raise RuntimeError(f"suite {suite.name!r} yielded two records for item {record_id!r}")
-                record = _normalise(record, f"suite {suite.name!r}: the record of item {record_id!r}")
+                record = _normalise(record, f"suite {suite.name!r}: the record {record_id!r}")
                 if entry is not None:
                     entry.append(record)
-                by_id[record_id] = record
-                bar.record()
+                if record_id in order:
+                    by_id[record_id] = record
+                    bar.record()
+                else:
+                    extras[record_id] = record
         finally:
             ctx.progress = old_progress
             bar.close()
@@ -300,19 +308,23 @@ def run_prepared(ctx: EvalContext, prepared: PreparedSuite, entry: CacheEntry | 
     if missing:
         raise RuntimeError(f"suite {suite.name!r} yielded no record for {len(missing)} item(s), e.g. "
                            f"{', '.join(map(repr, missing[:5]))}; the records it did yield are kept in the cache")
-    records = [by_id[i] for i in order]
+    records = [by_id[i] for i in order] + list(extras.values())
     metrics = _normalise(suite.summarize(records, ctx), f"suite {suite.name!r}: its metrics")
     if entry is not None:
         entry.complete(metrics)
     return records, metrics, status
 
 
-def _first_by_id(records: Sequence[Record], order: Mapping[str, int]) -> dict[str, Record]:
-    out: dict[str, Record] = {}
+def _collect(records: Sequence[Record], order: Mapping[str, int]) -> tuple[dict[str, Record], dict[str, Record]]:
+    """Saved records split into item records (first one per id) and extra records (last one per id)."""
+    items: dict[str, Record] = {}
+    extras: dict[str, Record] = {}
     for record in records:
-        if record["id"] in order and record["id"] not in out:
-            out[record["id"]] = record
-    return out
+        if record["id"] in order:
+            items.setdefault(record["id"], record)
+        else:
+            extras[record["id"]] = record
+    return items, extras
 
 
 def run_suites(
