@@ -34,6 +34,7 @@ def test_missing_suites_skip_plots_and_panels(tmp_path):
     assert plots["shift.png"]["path"] is None and "probes" in plots["shift.png"]["skipped"]
     assert plots["failure_rates.png"]["path"] is None
     assert "no model has blackmail/blackmail_rate" in plots["failure_rates.png"]["skipped"]
+    assert plots["failure_rates.png"]["panels_skipped"] == []
     assert plots["concealment.png"]["path"] is None and "concealment" in plots["concealment.png"]["skipped"]
     capability = plots["capability.png"]
     assert _is_png(capability["path"])

@@ -147,8 +147,8 @@ def _metric_panels(comparison: Mapping[str, Any], panels: Sequence[tuple[str, st
             present.append((panel_title, values))
         else:
             skipped.append(f"{panel_title}: no model has {suite}/{metric}")
-    if not present:
-        return None, skipped, f"none of the metrics were computed ({'; '.join(skipped)})"
+    if not present:  # the plot's reason says it all; no per-panel reasons
+        return None, [], f"none of the metrics were computed ({'; '.join(skipped)})"
     plt = _pyplot()
     figure, axes = plt.subplots(1, len(present), figsize=(3.2 * len(present) + 1, 3.6), squeeze=False)
     for axis, (panel_title, values) in zip(axes[0], present):
