@@ -16,7 +16,7 @@ from emoreg.version import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from emoreg.cli import compare, eval, extract, inspect, scan, write_stories
+    from emoreg.cli import compare, eval, extract, inspect, scan, train, write_stories
 
     parser = argparse.ArgumentParser(
         prog="emoreg",
@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"emoreg {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (extract, inspect, scan, write_stories, compare, eval):
+    for module in (extract, inspect, scan, write_stories, compare, train, eval):
         module.add_parser(subparsers)
     return parser
 

@@ -1,0 +1,375 @@
+"""Training recipes: a strict schema, loading from YAML with dot-list overrides, validation.
+
+A recipe is a YAML file (OmegaConf: ``${...}`` interpolation works) whose keys follow :class:`Recipe`::
+
+    model:   {ref: default, dtype: float32, gradient_checkpointing: false,
+              lora: {enabled: false, r: 8, alpha: 16, dropout: 0.05, target_modules: all-linear}}
+    data:    {source: desperate_sft, split: train, limit: 32}
+    trainer: {type: sft, args: {max_steps: 8, ...}, reward_funcs: [...], reward_weights: null}
+    emoreg:  {enabled: true, vectors: default, regularizer: {emotions: {desperate: 1.0}, kind: hinge, ...}}
+    eval:    {enabled: false, suites: [probes], every_n_steps: null, limit: 20, ...}
+    output_dir: runs/sft
+    seed: 0
+    resume_from_checkpoint: null   # or true (the last checkpoint in output_dir) or a checkpoint path
+
+Every key is checked before anything heavy happens: an unknown key anywhere (in the file or in an
+override such as ``trainer.args.max_step=4``) is a :class:`~emoreg.errors.ConfigError` naming the full
+dotted key, a close match and the valid keys. ``trainer.args`` is checked against the fields of the TRL
+config class of ``trainer.type`` (``trl.SFTConfig``, ``trl.DPOConfig``, ``trl.GRPOConfig``) and
+``emoreg.regularizer`` against :class:`~emoreg.regularization.config.RegularizerConfig`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from emoreg.errors import ConfigError
+from emoreg.regularization.config import RegularizerConfig
+
+TRAINER_TYPES = ("sft", "dpo", "grpo")
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+#: The eval suites of the shared contract (emoreg/evals/suites/).
+EVAL_SUITES = ("probes", "sycophancy", "misalignment", "blackmail", "reward_hacking", "capability", "concealment")
+#: trainer.args keys that the recipe sets elsewhere (one place for each setting).
+_ARGS_SET_BY_RECIPE = {
+    "output_dir": "output_dir",
+    "seed": "seed",
+    "gradient_checkpointing": "model.gradient_checkpointing",
+    "activation_checkpointing": "model.gradient_checkpointing",
+    "resume_from_checkpoint": "resume_from_checkpoint",
+    "reward_weights": "trainer.reward_weights",
+}
+
+
+@dataclass
+class LoraSpec:
+    """LoRA adapters (PEFT); ``target_modules`` is a list of module names or ``"all-linear"``."""
+
+    enabled: bool = False
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: Any = "all-linear"
+
+
+@dataclass
+class ModelSpec:
+    """Which model to train: ``"default"`` (embedded SmolLM2-135M-Instruct), a hub id, a directory or a .gguf."""
+
+    ref: str = "default"
+    dtype: str = "float32"
+    gradient_checkpointing: bool = False
+    lora: LoraSpec = field(default_factory=LoraSpec)
+
+
+@dataclass
+class DataSpec:
+    """Training data: a built-in dataset name, a local .json/.jsonl/.parquet file or a cached HF dataset."""
+
+    source: str = ""
+    split: str = "train"
+    limit: int | None = None
+
+
+@dataclass
+class TrainerSpec:
+    """The TRL trainer and its config (``args``: fields of trl.SFTConfig / DPOConfig / GRPOConfig).
+
+    ``reward_funcs`` (GRPO only): built-in reward names (:mod:`emoreg.train.rewards`) or ``module:function``.
+    """
+
+    type: str = "sft"
+    args: dict[str, Any] = field(default_factory=dict)
+    reward_funcs: list[str] = field(default_factory=list)
+    reward_weights: list[float] | None = None
+
+
+@dataclass
+class EmoregSpec:
+    """The regulariser: a vector bundle (``"default"`` or a path) and a RegularizerConfig mapping."""
+
+    enabled: bool = True
+    vectors: str = "default"
+    regularizer: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EvalSpec:
+    """Evaluation during training (EmoRegEvalCallback): suites run every ``every_n_steps`` and at the end."""
+
+    enabled: bool = False
+    suites: list[str] = field(default_factory=lambda: ["probes"])
+    every_n_steps: int | None = None
+    limit: int = 20
+    judge: str = "rule"
+    max_new_tokens: int = 64
+
+
+@dataclass
+class Recipe:
+    """A complete training run. See the module docstring for the YAML layout."""
+
+    model: ModelSpec = field(default_factory=ModelSpec)
+    data: DataSpec = field(default_factory=DataSpec)
+    trainer: TrainerSpec = field(default_factory=TrainerSpec)
+    emoreg: EmoregSpec = field(default_factory=EmoregSpec)
+    eval: EvalSpec = field(default_factory=EvalSpec)
+    output_dir: str = "runs/emoreg"
+    seed: int = 0
+    resume_from_checkpoint: Any = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved recipe as plain data (what ``--print-config`` shows and emoreg_train.json records)."""
+        return dataclasses.asdict(self)
+
+    def regularizer_config(self) -> RegularizerConfig | None:
+        """The RegularizerConfig, or None when emoreg is disabled."""
+        if not self.emoreg.enabled:
+            return None
+        return _regularizer(self.emoreg.regularizer)
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Load ``path`` (YAML), apply ``key=value`` overrides and validate everything; no model is touched."""
+    import yaml
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such recipe file")
+    try:
+        raw = OmegaConf.load(path)
+    except (OmegaConfBaseException, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: not a valid YAML recipe ({type(exc).__name__}: {exc})") from None
+    data = OmegaConf.to_container(raw, resolve=False)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe is a mapping of sections, got {type(data).__name__}")
+    return recipe_from_dict(data, overrides=overrides, source=str(path))
+
+
+def recipe_from_dict(data: dict[str, Any], *, overrides: list[str] | tuple[str, ...] = (),
+                     source: str = "recipe") -> Recipe:
+    """Build a validated :class:`Recipe` from a mapping (plus ``key=value`` overrides)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    check_keys(data, Recipe, source)
+    override_tree = parse_overrides(overrides)
+    check_keys(override_tree, Recipe, "override")
+    trainer_type = _get(override_tree, "trainer", "type") or _get(data, "trainer", "type") or TrainerSpec.type
+    if trainer_type in TRAINER_TYPES:  # each source's trainer.args named as such; a bad type is reported below
+        for tree, where in ((data, source), (override_tree, "override")):
+            args = _get(tree, "trainer", "args")
+            if isinstance(args, dict):
+                check_trainer_args(args, trainer_type, where)
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Recipe), OmegaConf.create(data), override_tree)
+        resolved = OmegaConf.to_container(merged, resolve=True)
+        recipe = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Recipe), resolved))
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or ""
+        message = str(exc).splitlines()[0]
+        raise ConfigError(f"{source}: {key + ': ' if key else ''}{message}") from None
+    validate(recipe, source=source, override_tree=override_tree)
+    return recipe
+
+
+def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Turn ``["trainer.args.max_steps=4", ...]`` into a nested dict (values parsed by OmegaConf's grammar)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. trainer.args.max_steps=4")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        if not key.strip() or any(not p for p in parts):
+            raise ConfigError(f"override {item!r}: the key must be a dotted name such as model.lora.r")
+        try:
+            value = OmegaConf.to_container(OmegaConf.from_dotlist([f"value={text}"]), resolve=False)["value"]
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"override {item!r}: cannot parse the value ({exc})") from None
+        node = tree
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part} was already given a plain value")
+            node = child
+        node[parts[-1]] = value
+    return tree
+
+
+# ---------------------------------------------------------------------------------------------- checks
+
+
+def check_keys(data: Any, schema: type, source: str, prefix: str = "") -> None:
+    """Reject keys of ``data`` that ``schema`` (a dataclass) does not have, recursively, with dotted names."""
+    if not isinstance(data, dict):
+        where = prefix.rstrip(".") or "the recipe"
+        raise ConfigError(f"{source}: {where} must be a mapping with keys {_field_names(schema)}, got {data!r:.80}")
+    hints = _field_types(schema)
+    for key, value in data.items():
+        if key not in hints:
+            _unknown(source, f"{prefix}{key}", str(key), _field_names(schema))
+        nested = hints[key]
+        if dataclasses.is_dataclass(nested) and value is not None:
+            check_keys(value, nested, source, f"{prefix}{key}.")
+        elif key == "regularizer" and prefix == "emoreg." and isinstance(value, dict):
+            valid = [f.name for f in dataclasses.fields(RegularizerConfig)]
+            for sub in value:
+                if sub not in valid:
+                    _unknown(source, f"{prefix}{key}.{sub}", str(sub), valid)
+
+
+def check_trainer_args(args: dict[str, Any], trainer_type: str, source: str) -> None:
+    """Reject ``trainer.args`` keys that are not fields of the TRL config class, or that the recipe sets."""
+    config_class = trl_config_class(trainer_type)
+    valid = [f.name for f in dataclasses.fields(config_class) if f.init]
+    for key in args:
+        if key in _ARGS_SET_BY_RECIPE:
+            raise ConfigError(f"{source}: trainer.args.{key} is set by the recipe key "
+                              f"{_ARGS_SET_BY_RECIPE[key]}; set it there instead")
+        if key not in valid:
+            close = difflib.get_close_matches(str(key), valid, n=3)
+            hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+            raise ConfigError(f"{source}: unknown key 'trainer.args.{key}'{hint}; trainer.args takes the fields of "
+                              f"trl.{config_class.__name__} ({len(valid)} fields, e.g. max_steps, learning_rate, "
+                              f"per_device_train_batch_size)")
+
+
+def validate(recipe: Recipe, *, source: str = "recipe", override_tree: dict[str, Any] | None = None) -> None:
+    """Check values that the schema's types cannot: choices, ranges, trainer args, regulariser, rewards."""
+    if recipe.trainer.type not in TRAINER_TYPES:
+        _bad_choice(source, "trainer.type", recipe.trainer.type, TRAINER_TYPES)
+    if recipe.model.dtype not in DTYPES:
+        _bad_choice(source, "model.dtype", recipe.model.dtype, DTYPES)
+    if not recipe.model.ref:
+        raise ConfigError(f"{source}: model.ref is empty; use 'default', a hub id, a directory or a .gguf file")
+    if not recipe.data.source:
+        raise ConfigError(f"{source}: data.source is empty; name a built-in dataset or a .json/.jsonl/.parquet file")
+    if recipe.data.limit is not None and recipe.data.limit < 1:
+        raise ConfigError(f"{source}: data.limit must be >= 1 or null, got {recipe.data.limit}")
+    lora = recipe.model.lora
+    if lora.r < 1 or lora.alpha <= 0 or not 0 <= lora.dropout < 1:
+        raise ConfigError(f"{source}: model.lora needs r >= 1, alpha > 0 and 0 <= dropout < 1 "
+                          f"(got r={lora.r}, alpha={lora.alpha}, dropout={lora.dropout})")
+    if not (isinstance(lora.target_modules, str) or (isinstance(lora.target_modules, list) and lora.target_modules
+                                                      and all(isinstance(m, str) for m in lora.target_modules))):
+        raise ConfigError(f"{source}: model.lora.target_modules must be 'all-linear' or a list of module names, "
+                          f"got {lora.target_modules!r}")
+    check_trainer_args(recipe.trainer.args, recipe.trainer.type, source)
+    _validate_rewards(recipe, source)
+    if recipe.emoreg.enabled:
+        try:
+            _regularizer(recipe.emoreg.regularizer)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: emoreg.regularizer: {exc}") from None
+    _validate_eval(recipe.eval, source)
+    resume = recipe.resume_from_checkpoint
+    if resume is not None and not isinstance(resume, (bool, str)):
+        raise ConfigError(f"{source}: resume_from_checkpoint must be null, true or a checkpoint path, got {resume!r}")
+    if isinstance(resume, str) and not Path(resume).is_dir():
+        raise ConfigError(f"{source}: resume_from_checkpoint: {resume} is not a checkpoint directory")
+
+
+def trl_config_class(trainer_type: str) -> type:
+    """The TRL config dataclass of ``trainer_type``."""
+    import trl
+
+    classes = {"sft": "SFTConfig", "dpo": "DPOConfig", "grpo": "GRPOConfig"}
+    if trainer_type not in classes:
+        raise ConfigError(f"trainer.type must be one of {list(TRAINER_TYPES)}, got {trainer_type!r}")
+    return getattr(trl, classes[trainer_type])
+
+
+def _validate_rewards(recipe: Recipe, source: str) -> None:
+    from emoreg.train.rewards import resolve_reward
+
+    trainer = recipe.trainer
+    if trainer.type != "grpo":
+        if trainer.reward_funcs or trainer.reward_weights is not None:
+            raise ConfigError(f"{source}: trainer.reward_funcs/reward_weights are for trainer.type grpo, "
+                              f"not {trainer.type!r}")
+        return
+    if not trainer.reward_funcs:
+        raise ConfigError(f"{source}: trainer.reward_funcs: GRPO needs at least one reward (a built-in name such "
+                          f"as 'calm_keywords' or 'module:function')")
+    for name in trainer.reward_funcs:
+        try:
+            resolve_reward(name)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: trainer.reward_funcs: {exc}") from None
+    if trainer.reward_weights is not None and len(trainer.reward_weights) != len(trainer.reward_funcs):
+        raise ConfigError(f"{source}: trainer.reward_weights has {len(trainer.reward_weights)} entries for "
+                          f"{len(trainer.reward_funcs)} reward_funcs")
+
+
+def _validate_eval(spec: EvalSpec, source: str) -> None:
+    if not spec.enabled:
+        return
+    if not spec.suites:
+        raise ConfigError(f"{source}: eval.suites is empty; name some of {list(EVAL_SUITES)}")
+    for suite in spec.suites:
+        if suite not in EVAL_SUITES:
+            close = difflib.get_close_matches(suite, EVAL_SUITES, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{source}: eval.suites: unknown suite {suite!r}{hint}; valid suites are "
+                              f"{list(EVAL_SUITES)}")
+    if spec.every_n_steps is not None and spec.every_n_steps < 1:
+        raise ConfigError(f"{source}: eval.every_n_steps must be >= 1 or null, got {spec.every_n_steps}")
+    if spec.limit < 1:
+        raise ConfigError(f"{source}: eval.limit must be >= 1, got {spec.limit}")
+    try:
+        importlib.import_module("emoreg.integrations.eval_callback")
+    except ImportError as exc:
+        raise ConfigError(f"{source}: eval.enabled needs emoreg.integrations.eval_callback, which cannot be "
+                          f"imported ({exc}); set eval.enabled=false") from None
+
+
+def _regularizer(data: dict[str, Any]) -> RegularizerConfig:
+    return RegularizerConfig.from_dict(dict(data), source="regularizer")
+
+
+def _field_types(schema: type) -> dict[str, Any]:
+    import typing
+
+    hints = typing.get_type_hints(schema)
+    return {f.name: hints[f.name] for f in dataclasses.fields(schema)}
+
+
+def _field_names(schema: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(schema)]
+
+
+def _unknown(source: str, dotted: str, key: str, valid: list[str]) -> None:
+    close = difflib.get_close_matches(key, valid, n=1)
+    parent = dotted.rsplit(".", 1)[0] + "." if "." in dotted else ""
+    hint = f" (did you mean '{parent}{close[0]}'?)" if close else ""
+    raise ConfigError(f"{source}: unknown key '{dotted}'{hint}; valid keys here are {sorted(valid)}")
+
+
+def _bad_choice(source: str, key: str, value: Any, options: tuple[str, ...]) -> None:
+    close = difflib.get_close_matches(str(value), options, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ConfigError(f"{source}: {key} must be one of {list(options)}, got {value!r}{hint}")
+
+
+def _get(tree: dict[str, Any], *keys: str) -> Any:
+    """``tree[k1][k2]...`` or None when a level is missing or not a mapping."""
+    node: Any = tree
+    for key in keys:
+        if not isinstance(node, dict):
+            return None
+        node = node.get(key)
+    return node

@@ -1,0 +1,226 @@
+"""Run a recipe: build the TRL config, data, model (+ LoRA) and trainer, attach emoreg, train, save.
+
+Order matters for fast failures: the recipe is validated when loaded, then the TRL config is built
+(value errors), the data is read and checked, the vector bundle is loaded, and only then the model.
+
+Outputs, in ``output_dir`` and in every ``checkpoint-N`` directory: the trainer's own files, the
+regulariser's ``emoreg_config.json`` and ``emoreg_state.json`` (when emoreg is enabled) and
+``emoreg_train.json`` = ``{"base_model", "recipe", "vectors", "regularizer", "emoreg_version"}``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from emoreg.errors import ConfigError
+from emoreg.train.data import load_training_dataset
+from emoreg.train.recipe import Recipe, trl_config_class
+from emoreg.train.rewards import resolve_reward
+from emoreg.version import __version__
+
+logger = logging.getLogger(__name__)
+
+TRAIN_INFO_FILE = "emoreg_train.json"
+
+
+@dataclass
+class TrainResult:
+    """What a finished run reports: where it saved, how far it got, its losses and wall time."""
+
+    output_dir: str
+    global_step: int
+    train_loss: float | None
+    final_loss: float | None
+    seconds: float
+    log_history: list[dict[str, Any]]
+
+
+# ---------------------------------------------------------------------------------------------- pieces
+
+
+def build_training_args(recipe: Recipe):
+    """The TRL config (``trl.SFTConfig`` / ``DPOConfig`` / ``GRPOConfig``) of the recipe.
+
+    ``bf16`` defaults to whether a CUDA device with bfloat16 exists (TRL's own default, bf16 on, fails
+    on a CPU-only machine) unless the recipe sets ``bf16`` or ``fp16``.
+    """
+    import torch
+
+    config_class = trl_config_class(recipe.trainer.type)
+    args = dict(recipe.trainer.args)
+    args["output_dir"] = recipe.output_dir
+    args["seed"] = recipe.seed
+    names = {f.name for f in dataclasses.fields(config_class)}
+    checkpointing = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    args[checkpointing] = recipe.model.gradient_checkpointing
+    if "bf16" not in args and "fp16" not in args:
+        args["bf16"] = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if recipe.trainer.type == "grpo" and recipe.trainer.reward_weights is not None:
+        args["reward_weights"] = list(recipe.trainer.reward_weights)
+    try:
+        return config_class(**args)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"trainer.args: trl.{config_class.__name__} rejected the settings: {exc}") from None
+
+
+def build_peft_config(recipe: Recipe):
+    """A ``peft.LoraConfig`` for the model, or None when LoRA is off."""
+    lora = recipe.model.lora
+    if not lora.enabled:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                      target_modules=lora.target_modules, task_type="CAUSAL_LM")
+
+
+def vectors_identity(ref: str, vectors) -> dict[str, Any]:
+    """The bundle's reference and fingerprint: SHA-256 over its saved files, plus the model it was made for."""
+    from emoreg.vectors.bundle import default_bundle_path
+
+    directory = default_bundle_path() if ref == "default" else Path(ref)
+    digest = hashlib.sha256()
+    for name in ("bundle.json", "vectors.safetensors"):
+        path = directory / name
+        if path.is_file():
+            digest.update(name.encode() + b"\0" + path.read_bytes())
+    fingerprint = vectors.model_fingerprint
+    return {
+        "ref": ref,
+        "fingerprint": digest.hexdigest(),
+        "model_fingerprint": fingerprint.to_dict() if fingerprint else None,
+        "emotions": list(vectors.emotions),
+        "default_layer": vectors.default_layer,
+    }
+
+
+def train_info(recipe: Recipe, vectors_info: dict[str, Any] | None) -> dict[str, Any]:
+    """The content of ``emoreg_train.json``."""
+    regularizer = recipe.regularizer_config()
+    return {
+        "base_model": recipe.model.ref,
+        "recipe": recipe.to_dict(),
+        "vectors": vectors_info,
+        "regularizer": regularizer.to_dict() if regularizer is not None else None,
+        "emoreg_version": __version__,
+    }
+
+
+class TrainInfoCallback(TrainerCallback):
+    """Write ``emoreg_train.json`` into every checkpoint and, at the end, into the output directory."""
+
+    def __init__(self, info: dict[str, Any]) -> None:
+        self.info = info
+
+    def on_save(self, args, state, control, **kwargs):
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and checkpoint.is_dir():
+            write_train_info(checkpoint, self.info)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            write_train_info(Path(args.output_dir), self.info)
+
+
+def write_train_info(directory: Path, info: dict[str, Any]) -> Path:
+    """Write ``emoreg_train.json`` into ``directory`` (created if needed)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / TRAIN_INFO_FILE
+    path.write_text(json.dumps(info, indent=2, default=str) + "\n")
+    return path
+
+
+def resolve_resume(recipe: Recipe) -> str | None:
+    """The checkpoint to resume from: None, the last one in output_dir (``true``) or the given path."""
+    resume = recipe.resume_from_checkpoint
+    if resume is None or resume is False:
+        return None
+    if resume is True:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        last = get_last_checkpoint(recipe.output_dir) if Path(recipe.output_dir).is_dir() else None
+        if last is None:
+            raise ConfigError(f"resume_from_checkpoint=true, but {recipe.output_dir} has no checkpoint-N directory")
+        return last
+    if not Path(resume).is_dir():
+        raise ConfigError(f"resume_from_checkpoint: {resume} is not a checkpoint directory")
+    return str(resume)
+
+
+def attach_eval_callback(trainer, recipe: Recipe):
+    """Add the recipe's EmoRegEvalCallback (via ``attach_eval``, so every reporter gets its metrics)."""
+    from emoreg.integrations.eval_callback import attach_eval
+
+    spec = recipe.eval
+    return attach_eval(trainer, list(spec.suites), vectors=recipe.emoreg.vectors, every_n_steps=spec.every_n_steps,
+                       limit=spec.limit, judge=spec.judge, seed=recipe.seed, max_new_tokens=spec.max_new_tokens,
+                       base_model=recipe.model.ref)
+
+
+# ---------------------------------------------------------------------------------------------- trainer
+
+
+def build_trainer(recipe: Recipe, *, callbacks: Sequence[TrainerCallback] = ()):
+    """Build the TRL trainer with emoreg attached; returns ``(trainer, emoreg_callback or None)``."""
+    import transformers
+    import trl
+
+    from emoreg.integrations import attach
+    from emoreg.models.loading import load_model_and_tokenizer
+    from emoreg.vectors.bundle import EmotionVectors
+
+    args = build_training_args(recipe)
+    dataset = load_training_dataset(recipe.data.source, recipe.trainer.type, split=recipe.data.split,
+                                    limit=recipe.data.limit)
+    rewards = [resolve_reward(name) for name in recipe.trainer.reward_funcs]
+    vectors = EmotionVectors.from_pretrained(recipe.emoreg.vectors) if recipe.emoreg.enabled else None
+    info = train_info(recipe, vectors_identity(recipe.emoreg.vectors, vectors) if vectors is not None else None)
+
+    transformers.set_seed(recipe.seed)
+    model, tokenizer = load_model_and_tokenizer(recipe.model.ref, dtype=recipe.model.dtype)
+    if vectors is not None:
+        vectors.check_model(model)
+    common = {"model": model, "args": args, "train_dataset": dataset, "processing_class": tokenizer,
+              "peft_config": build_peft_config(recipe)}
+    if recipe.trainer.type == "sft":
+        trainer = trl.SFTTrainer(**common)
+    elif recipe.trainer.type == "dpo":
+        trainer = trl.DPOTrainer(**common)
+    else:
+        trainer = trl.GRPOTrainer(reward_funcs=rewards, **common)
+    trainer.add_callback(TrainInfoCallback(info))
+    if recipe.eval.enabled:
+        attach_eval_callback(trainer, recipe)
+    for callback in callbacks:
+        trainer.add_callback(callback)
+    emoreg_callback = attach(trainer, vectors, recipe.regularizer_config()) if vectors is not None else None
+    return trainer, emoreg_callback
+
+
+def train(recipe: Recipe, *, callbacks: Sequence[TrainerCallback] = ()) -> TrainResult:
+    """Train as the recipe says, save the final model into ``output_dir`` and return a :class:`TrainResult`."""
+    start = time.perf_counter()
+    resume = resolve_resume(recipe)
+    trainer, _ = build_trainer(recipe, callbacks=callbacks)
+    output = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(recipe.output_dir)
+    history = list(trainer.state.log_history)
+    losses = [entry["loss"] for entry in history if "loss" in entry]
+    return TrainResult(
+        output_dir=recipe.output_dir,
+        global_step=int(trainer.state.global_step),
+        train_loss=float(output.training_loss) if output.training_loss is not None else None,
+        final_loss=float(losses[-1]) if losses else None,
+        seconds=time.perf_counter() - start,
+        log_history=history,
+    )
