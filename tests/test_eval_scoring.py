@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from emoreg.evals.scoring import mean_token_nll, score_continuations
-from tests.tiny_models import make_tiny_tokenizer
+from emoreg.evals.scoring import mean_token_nll, score_continuations, score_texts
+from tests.tiny_models import make_tiny_llama, make_tiny_tokenizer
 
 
 def _manual(model, tokenizer, prompt, continuation):
@@ -53,3 +53,33 @@ def test_mean_token_nll_matches_the_model_loss(tiny_llama):
     assert count == tokens
     assert nll == pytest.approx(losses / tokens, rel=1e-5)
     assert math.isfinite(math.exp(nll))
+
+
+def test_score_texts_sums_match_mean_token_nll_and_do_not_depend_on_batching(tiny_llama):
+    tokenizer = make_tiny_tokenizer()
+    texts = ["the water cycle moves water", "tides", "a much longer sentence about the moon and the sea"]
+    batched = score_texts(tiny_llama, tokenizer, texts, batch_size=3)
+    single = [score_texts(tiny_llama, tokenizer, [text])[0] for text in texts]
+    for b, s, text in zip(batched, single, texts):
+        assert b.tokens == s.tokens == len(text) - 1
+        assert b.nll == pytest.approx(s.nll, rel=1e-5) and b.kl is None and not b.truncated
+    nll, count = mean_token_nll(tiny_llama, tokenizer, texts)
+    assert sum(s.nll for s in batched) / sum(s.tokens for s in batched) == pytest.approx(nll, rel=1e-5)
+    assert count == sum(s.tokens for s in batched)
+    assert tokenizer.padding_side == "right"
+
+
+def test_score_texts_truncates_and_measures_kl(tiny_llama):
+    tokenizer = make_tiny_tokenizer()
+    tokenizer.padding_side = "left"
+    cut = score_texts(tiny_llama, tokenizer, ["abcdefghij", "abc"], max_length=4)
+    assert [(s.tokens, s.truncated) for s in cut] == [(3, True), (2, False)]
+    assert tokenizer.padding_side == "left"
+    same = score_texts(tiny_llama, tokenizer, ["abcdefghij"], reference=tiny_llama)
+    assert same[0].kl == 0.0
+    other = make_tiny_llama(seed=1)
+    assert score_texts(tiny_llama, tokenizer, ["abcdefghij"], reference=other)[0].kl > 0
+    with pytest.raises(ValueError, match="vocabulary"):
+        score_texts(tiny_llama, tokenizer, ["abc"], reference=make_tiny_llama(vocab_size=300))
+    with pytest.raises(ValueError, match="max_length"):
+        score_texts(tiny_llama, tokenizer, ["abc"], max_length=1)

@@ -103,3 +103,86 @@ def mean_token_nll(model: nn.Module, tokenizer, texts: Sequence[str], *, batch_s
         return (total / count if count else float("nan")), count
     finally:
         model.train(was_training)
+
+
+@dataclass
+class TextScore:
+    """Per-text sums over the predicted tokens (every real token after the first).
+
+    ``nll``: summed negative log-likelihood; ``kl``: summed ``KL(reference || model)`` of the next-token
+    distributions at the same positions (``None`` without a reference); ``truncated``: the text was cut
+    to ``max_length`` tokens.
+    """
+
+    nll: float
+    tokens: int
+    kl: float | None = None
+    truncated: bool = False
+
+
+def _text_logprobs(model: nn.Module, input_ids: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+    device = _device(model)
+    logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits
+    return torch.log_softmax(logits[:, :-1].float(), dim=-1)
+
+
+@torch.no_grad()
+def score_texts(
+    model: nn.Module,
+    tokenizer,
+    texts: Sequence[str],
+    *,
+    reference: nn.Module | None = None,
+    batch_size: int = 8,
+    max_length: int = 1024,
+) -> list[TextScore]:
+    """Per-text summed token NLL under ``model`` and, with ``reference``, summed ``KL(reference || model)``.
+
+    Texts are tokenised with the tokenizer's special tokens (as :func:`mean_token_nll`), right-padded
+    (position ids stay those of an unpadded text) and cut to ``max_length`` tokens. Position ``t``
+    contributes ``-log p(x_{t+1} | x_{<=t})`` and ``sum_v p_ref(v) (log p_ref(v) - log p_model(v))`` for
+    every real next token ``x_{t+1}``. Both models must share the tokenizer's vocabulary; models are
+    put in eval mode and restored.
+    """
+    if max_length < 2:
+        raise ValueError(f"max_length must be at least 2 (one predicted token), got {max_length}")
+    models = [model] + ([reference] if reference is not None else [])
+    modes = [m.training for m in models]
+    old_side = tokenizer.padding_side
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    for m in models:
+        m.eval()
+    tokenizer.padding_side = "right"
+    try:
+        results: list[TextScore] = []
+        for start in range(0, len(texts), batch_size):
+            rows = [tokenizer(text)["input_ids"] for text in texts[start:start + batch_size]]
+            length = min(max(len(r) for r in rows), max_length)
+            input_ids = torch.full((len(rows), length), pad, dtype=torch.long)
+            attention = torch.zeros((len(rows), length), dtype=torch.long)
+            for i, ids in enumerate(rows):
+                ids = ids[:max_length]
+                input_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+                attention[i, : len(ids)] = 1
+            logprobs = _text_logprobs(model, input_ids, attention)
+            targets = input_ids[:, 1:].to(logprobs.device)
+            mask = (attention[:, 1:] * attention[:, :-1]).bool().to(logprobs.device)
+            nll = -(logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)) * mask
+            kl = None
+            if reference is not None:
+                reference_logprobs = _text_logprobs(reference, input_ids, attention).to(logprobs.device)
+                if reference_logprobs.shape != logprobs.shape:
+                    raise ValueError(f"the reference model's vocabulary ({reference_logprobs.shape[-1]}) differs "
+                                     f"from the model's ({logprobs.shape[-1]}); KL needs the same vocabulary")
+                per_position = (reference_logprobs.exp() * (reference_logprobs - logprobs)).sum(-1)
+                kl = per_position * mask
+            for i, ids in enumerate(rows):
+                results.append(TextScore(
+                    nll=float(nll[i].sum()), tokens=int(mask[i].sum()),
+                    kl=None if kl is None else float(kl[i].sum()), truncated=len(ids) > max_length,
+                ))
+        return results
+    finally:
+        tokenizer.padding_side = old_side
+        for m, mode in zip(models, modes):
+            m.train(mode)
