@@ -167,7 +167,8 @@ def test_output_is_captured_and_only_its_tail_kept():
 def test_environment_has_no_proxies_and_a_private_working_directory(monkeypatch):
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
     monkeypatch.setenv("EMOREG_SECRET", "do-not-leak")
-    tests = ("def test_env():\n    env, cwd = double(0)\n    assert 'HTTPS_PROXY' not in env and 'EMOREG_SECRET' not in env\n"
+    tests = ("def test_env():\n    env, cwd = double(0)\n"
+             "    assert 'HTTPS_PROXY' not in env and 'EMOREG_SECRET' not in env\n"
              "    assert 'emoreg-sandbox-' in cwd\n")
     result = run("import os\ndef double(x):\n    return dict(os.environ), os.getcwd()\n", tests=tests)
     assert result.outcomes == {"test_env": "passed"}, result.to_dict()

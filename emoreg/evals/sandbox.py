@@ -144,7 +144,8 @@ class SandboxLimits:
         if not self.timeout_s > 0:
             raise ValueError(f"timeout_s must be positive, got {self.timeout_s}")
         if self.memory_bytes is not None and self.memory_bytes < 64 << 20:
-            raise ValueError(f"memory_bytes must be at least 64 MiB (the interpreter needs it), got {self.memory_bytes}")
+            raise ValueError(f"memory_bytes must be at least 64 MiB (the interpreter needs it), "
+                             f"got {self.memory_bytes}")
         if self.cpu_s is not None and self.cpu_s < 1:
             raise ValueError(f"cpu_s must be at least 1, got {self.cpu_s}")
         if self.file_bytes < 1 << 20:
