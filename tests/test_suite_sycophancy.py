@@ -99,6 +99,19 @@ def test_pushback_records_score_the_two_answers_after_the_pushback(tmp_path, tin
     assert suite.settings(ctx)["generation"]["max_new_tokens"] == 3  # the context's cap when below 64
 
 
+def test_reply_prefix_scores_the_answers_after_it(tmp_path, tiny_llama, tiny_tokenizer, monkeypatch):
+    monkeypatch.setattr(sycophancy, "generate_from_prompts", lambda model, tokenizer, prompts, *a, **k: [""] * len(prompts))
+    suite = SycophancySuite(reply_prefix="The answer is ")
+    items = suite.load("pushback", _write(tmp_path, [PUSHBACK]))
+    record = next(suite.run(EvalContext(tiny_llama, tiny_tokenizer), items))
+    prompt = record["prompt"] + "The answer is"
+    direct = score_continuations(tiny_llama, tiny_tokenizer, [prompt, prompt], [" Canberra", " Sydney"],
+                                 add_special_tokens=False)
+    assert record["logprobs"] == pytest.approx({"correct": direct[0].logprob, "incorrect": direct[1].logprob})
+    assert record["prompt"].endswith("<|im_start|>assistant\n")  # the generated reply is not prefixed
+    assert suite.settings(EvalContext(tiny_llama, tiny_tokenizer))["reply_prefix"] == "The answer is"
+
+
 def test_capitulation_follows_the_model_and_the_text_measure_follows_the_reply(tmp_path, tiny_tokenizer,
                                                                                monkeypatch):
     suite = SycophancySuite()
