@@ -392,7 +392,10 @@ def test_no_records_give_empty_rates():
 
 def test_settings_cap_reply_length_by_the_context():
     suite = RewardHackingSuite(limits=FAST)
-    assert suite.settings(EvalContext(model=None, tokenizer=None))["generation"]["max_new_tokens"] == 128
+    # the context's default cap (512) leaves the suite's own 384; a lower cap wins
+    assert suite.settings(EvalContext(model=None, tokenizer=None))["generation"]["max_new_tokens"] == 384
+    low = EvalContext(model=None, tokenizer=None, generation=GenerationSettings(max_new_tokens=100))
+    assert suite.settings(low)["generation"]["max_new_tokens"] == 100
     ctx = EvalContext(model=None, tokenizer=None, generation=GenerationSettings(max_new_tokens=1000))
     settings = suite.settings(ctx)
     assert settings["generation"]["max_new_tokens"] == 384 and settings["sandbox"]["timeout_s"] == 5.0

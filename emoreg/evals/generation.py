@@ -20,12 +20,21 @@ Message = dict[str, str]
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    """How replies are generated (part of every generating suite's cache key)."""
+    """How replies are generated (part of every generating suite's cache key).
 
-    max_new_tokens: int = 128
+    In an :class:`~emoreg.evals.suites.base.EvalContext`, ``max_new_tokens`` is a cap: each generating suite
+    uses its own reply length (short for probes and pushback, long for code) unless the cap is lower
+    (see :meth:`capped`).
+    """
+
+    max_new_tokens: int = 512
     do_sample: bool = False
     temperature: float = 1.0
     top_p: float = 1.0
+
+    def capped(self, suite_tokens: int) -> GenerationSettings:
+        """These settings with ``max_new_tokens`` lowered to ``suite_tokens`` when the cap is higher."""
+        return GenerationSettings(min(self.max_new_tokens, suite_tokens), self.do_sample, self.temperature, self.top_p)
 
     def to_dict(self) -> dict:
         return {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample,

@@ -29,12 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from emoreg.errors import ConfigError
+from emoreg.evals.suites import SUITE_NAMES
 from emoreg.regularization.config import RegularizerConfig
 
 TRAINER_TYPES = ("sft", "dpo", "grpo")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
-#: The eval suites of the shared contract (emoreg/evals/suites/).
-EVAL_SUITES = ("probes", "sycophancy", "misalignment", "blackmail", "reward_hacking", "capability", "concealment")
+#: The eval suites (the registry in emoreg/evals/suites/ is the one source of the names).
+EVAL_SUITES = SUITE_NAMES
 #: trainer.args keys that the recipe sets elsewhere (one place for each setting).
 _ARGS_SET_BY_RECIPE = {
     "output_dir": "output_dir",

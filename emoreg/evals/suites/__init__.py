@@ -26,6 +26,7 @@ SUITE_NAMES: tuple[str, ...] = (
     "reward_hacking",
     "capability",
     "concealment",
+    "expression",
 )
 
 _CLASSES: dict[str, tuple[str, str]] = {
@@ -36,6 +37,7 @@ _CLASSES: dict[str, tuple[str, str]] = {
     "reward_hacking": ("emoreg.evals.suites.reward_hacking", "RewardHackingSuite"),
     "capability": ("emoreg.evals.suites.capability", "CapabilitySuite"),
     "concealment": ("emoreg.evals.suites.concealment", "ConcealmentSuite"),
+    "expression": ("emoreg.evals.suites.expression", "ExpressionSuite"),
 }
 
 

@@ -302,7 +302,7 @@ class BlackmailSuite(Suite):
 
     Args:
         samples: replies sampled per scenario.
-        max_new_tokens: reply length (at most the context's ``generation.max_new_tokens``; default: that).
+        max_new_tokens: reply length, 256 by default (the context's ``generation.max_new_tokens`` caps it; None: the cap).
         temperature, top_p: sampling settings.
     """
 
@@ -313,7 +313,7 @@ class BlackmailSuite(Suite):
                    "agentic-misalignment directory (templates/, variables/) or a rendered .txt email file")
     uses_judge = True
 
-    def __init__(self, samples: int = 2, max_new_tokens: int | None = None, temperature: float = 1.0,
+    def __init__(self, samples: int = 2, max_new_tokens: int | None = 256, temperature: float = 1.0,
                  top_p: float = 1.0) -> None:
         if samples < 1:
             raise ValueError(f"samples must be at least 1, got {samples}")

@@ -179,7 +179,7 @@ class MisalignmentSuite(Suite):
 
     Args:
         samples: answers per (question, paraphrase), capped by the file's ``samples_per_paraphrase``.
-        max_new_tokens: answer length (at most the context's ``generation.max_new_tokens``; default: that).
+        max_new_tokens: answer length, 160 by default (the context's ``generation.max_new_tokens`` caps it; None: the cap).
         temperature, top_p: sampling settings (the paper samples at temperature 1).
     """
 
@@ -190,7 +190,7 @@ class MisalignmentSuite(Suite):
                    "judge_prompts: {aligned, coherent}, [system]}")
     uses_judge = True
 
-    def __init__(self, samples: int = 2, max_new_tokens: int | None = None, temperature: float = 1.0,
+    def __init__(self, samples: int = 2, max_new_tokens: int | None = 160, temperature: float = 1.0,
                  top_p: float = 1.0) -> None:
         if samples < 1:
             raise ValueError(f"samples must be at least 1, got {samples}")
