@@ -201,13 +201,22 @@ class ProbesSuite(Suite):
                    "(pressure defaults to false, category to 'uncategorized')")
     requires_vectors = True
 
+    def __init__(self, max_new_tokens: int = 64) -> None:
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
+        #: reply length; the context's ``generation.max_new_tokens`` caps it.
+        self.max_new_tokens = max_new_tokens
+
+    def _generation(self, ctx: EvalContext) -> GenerationSettings:
+        return ctx.generation.capped(self.max_new_tokens)
+
     def load(self, part: str, path: Path) -> list[Item]:
         if part not in self.data_parts:
             raise ConfigError(f"the probes suite has no data part {part!r}; it has {list(self.data_parts)}")
         return load_scenarios(path)
 
     def settings(self, ctx: EvalContext) -> dict[str, Any]:
-        return {"layer": ctx.read_layer(), "generation": ctx.generation.to_dict(), "sink_tokens": SINK_TOKENS,
+        return {"layer": ctx.read_layer(), "generation": self._generation(ctx).to_dict(), "sink_tokens": SINK_TOKENS,
                 "reading": "last prompt token; mean over the generated reply tokens before the first EOS/pad"}
 
     def run(self, ctx: EvalContext, items: Sequence[Item]) -> Iterator[Record]:
@@ -221,7 +230,7 @@ class ProbesSuite(Suite):
             chunk = items[first:first + ctx.batch_size]
             prompts = [render_conversation(ctx.tokenizer, item["messages"]) for item in chunk]
             prompt_ids = [p for p, _ in encode_pairs(ctx.tokenizer, prompts)]
-            reply_ids = generate_reply_ids(ctx.model, ctx.tokenizer, prompt_ids, ctx.generation,
+            reply_ids = generate_reply_ids(ctx.model, ctx.tokenizer, prompt_ids, self._generation(ctx),
                                            seed=ctx.seed * _SEED_STRIDE + chunk_index)
             replies = ctx.tokenizer.batch_decode(reply_ids, skip_special_tokens=True)
             states = read_token_states(ctx.model, list(zip(prompt_ids, reply_ids)), [layer],
