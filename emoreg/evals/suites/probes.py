@@ -2,7 +2,8 @@
 
 For each scenario the conversation is rendered with the chat template (ending
 with the generation prompt), a reply is generated (``ctx.generation``, greedy by
-default), and one forward pass over prompt + reply reads the residual stream at
+default, at most ``max_new_tokens`` = 64 new tokens unless the context's cap is
+lower), and one forward pass over prompt + reply reads the residual stream at
 the bundle layer ``L = ctx.read_layer()`` (the output of decoder layer ``L``):
 
 * ``start``: the raw projection on every bundle direction of the hidden state at
