@@ -222,3 +222,27 @@ def test_a_hook_along_the_direction_shows_the_expected_regularised_shift(tiny_to
     metrics = suite.summarize(list(records.values()), ctx)
     assert metrics["regularised_shift/desperate"]["value"] == pytest.approx(c / desperate["base_std"], rel=1e-3)
     assert metrics["regularised_shift/desperate"]["ci"][0] > 0
+
+
+def test_base_readings_are_read_once_per_base_object(tiny_tokenizer, small_corpus, prompts, monkeypatch):
+    base, first, second = make_tiny_llama(), make_tiny_llama(), make_tiny_llama()
+    suite = suite_for(small_corpus)
+    read = suite.read_model
+    seen = []
+
+    def counting(model, *args, **kwargs):
+        seen.append(model)
+        return read(model, *args, **kwargs)
+
+    monkeypatch.setattr(suite, "read_model", counting)
+    vectors = make_bundle(base)
+    for model in (first, second):
+        ctx = EvalContext(model=model, tokenizer=tiny_tokenizer, vectors=vectors, base_model=base,
+                          target_emotions=["hostile"])
+        list(suite.run(ctx, prompts))
+    assert [m is base for m in seen] == [False, True, False]
+    other_base = make_tiny_llama()
+    ctx = EvalContext(model=first, tokenizer=tiny_tokenizer, vectors=vectors, base_model=other_base,
+                      target_emotions=["hostile"])
+    list(suite.run(ctx, prompts))
+    assert seen[-1] is other_base  # a different base object is read again

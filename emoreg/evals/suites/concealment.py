@@ -256,6 +256,7 @@ class ConcealmentSuite(Suite):
         self.probe_steps = int(probe_steps)
         self.ratio = float(ratio)
         self._corpus = corpus
+        self._base_memo: dict[tuple, tuple[nn.Module, ModelReadings]] = {}
 
     # ------------------------------------------------------------------ configuration
     def load(self, part: str, path: Path) -> list[Item]:
@@ -358,7 +359,19 @@ class ConcealmentSuite(Suite):
         prompts = [render_conversation(ctx.tokenizer, item["messages"]) for item in items]
         model_readings = self.read_model(ctx.model, ctx, prompts, subset, targets)
         same = base is ctx.model
-        base_readings = model_readings if same else self.read_model(base, ctx, prompts, subset, targets)
+        if same:
+            base_readings = model_readings
+        else:
+            # One suite instance evaluating several checkpoints against the same base object (the demo, compare)
+            # reads the base once: same base object, prompts, corpus subset, targets, layer and seed.
+            key = (id(base), tuple(prompts), tuple(targets), ctx.read_layer(), ctx.seed,
+                   tuple(self.corpus_emotions(ctx)), ctx.batch_size)
+            cached = self._base_memo.get(key)
+            if cached is None or cached[0] is not base:
+                cached = (base, self.read_model(base, ctx, prompts, subset, targets))
+                self._base_memo.clear()
+                self._base_memo[key] = cached
+            base_readings = cached[1]
         ctx.advance(len(items))
         layer = ctx.read_layer()
         for t, emotion in enumerate(targets):
