@@ -237,3 +237,43 @@ def test_evaluate_model_from_a_directory(tiny_llama, tiny_tokenizer, tmp_path, d
     with pytest.raises(ConfigError, match="no data part"):  # checked before the model loads
         evaluate_model(str(tmp_path / "no-model"), suites=[NllSuite()], out_dir=None,
                        data={"fake_nll.x": str(data_files["main"])})
+
+
+class _PooledSuite(NllSuite):
+    """Reads all items together and yields one summary record per data part (ids of its own)."""
+
+    name = "fake_pooled"
+    records_per_item = False
+
+    def run(self, ctx, items):
+        if self.on_run is not None:
+            self.on_run(ctx)
+        by_part: dict[str, list[float]] = {}
+        for count, item in enumerate(items):
+            if self.fail_after is not None and count >= self.fail_after:
+                raise RuntimeError("simulated failure")
+            self.ran_ids.append(item["id"])
+            by_part.setdefault(item["part"], []).append(float(len(item["text"])))
+        ctx.advance(len(items))
+        for part, lengths in by_part.items():
+            yield {"id": f"pooled/{part}", "score": sum(lengths) / len(lengths), "n": len(lengths)}
+
+    def summarize(self, records, ctx):
+        return {f"mean_length/{r['id']}": {"value": r["score"], "ci": [r["score"], r["score"]], "n": r["n"]}
+                for r in records}
+
+
+def test_pooled_suites_run_whole_reuse_complete_entries_and_rerun_unfinished(tiny_llama, tiny_tokenizer, tmp_path,
+                                                                            data_files, monkeypatch):
+    monkeypatch.setattr(_PooledSuite, "builtin_files", data_files)
+    with pytest.raises(RuntimeError, match="simulated failure"):
+        _run(tiny_llama, tiny_tokenizer, tmp_path, suite=_PooledSuite(fail_after=4))
+    suite = _PooledSuite()
+    first = _run(tiny_llama, tiny_tokenizer, tmp_path, suite=suite, out_dir=tmp_path / "a")
+    assert len(suite.ran_ids) == 9  # nothing to resume item by item: every item read again
+    assert first["suites"]["fake_pooled"]["cache"] == "miss"
+    assert set(first["suites"]["fake_pooled"]["metrics"]) == {"mean_length/pooled/main", "mean_length/pooled/extra"}
+    again = _PooledSuite()
+    second = _run(tiny_llama, tiny_tokenizer, tmp_path, suite=again, out_dir=tmp_path / "b")
+    assert again.ran_ids == [] and second["suites"]["fake_pooled"]["cache"] == "hit"
+    assert (tmp_path / "a" / "records.jsonl").read_text() == (tmp_path / "b" / "records.jsonl").read_text()

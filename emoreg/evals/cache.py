@@ -189,6 +189,13 @@ class CacheEntry:
         self._handle.write(json.dumps(record) + "\n")
         self._handle.flush()
 
+    def reset(self) -> None:
+        """Drop the records saved so far (for suites that cannot resume part-way)."""
+        if self._handle is None:
+            raise RuntimeError("CacheEntry.reset outside its `with` block")
+        self._handle.close()
+        self._handle = self.records_path.open("w", encoding="utf-8")
+
     def metrics(self) -> dict[str, Any]:
         return json.loads(self.metrics_path.read_text(encoding="utf-8"))
 

@@ -273,6 +273,8 @@ def run_prepared(ctx: EvalContext, prepared: PreparedSuite, entry: CacheEntry | 
     must get exactly one record.
     """
     suite = prepared.suite
+    if not suite.records_per_item:
+        return _run_whole(ctx, prepared, entry, progress=progress)
     order = {item["id"]: i for i, item in enumerate(prepared.items)}
     if entry is not None and entry.is_complete():
         by_id, extras = _collect(entry.records(), order)
@@ -313,6 +315,44 @@ def run_prepared(ctx: EvalContext, prepared: PreparedSuite, entry: CacheEntry | 
     if entry is not None:
         entry.complete(metrics)
     return records, metrics, status
+
+
+def _run_whole(ctx: EvalContext, prepared: PreparedSuite, entry: CacheEntry | None, *, progress: bool
+               ) -> tuple[list[Record], dict[str, Any], str]:
+    """Run a suite whose records are not one per item (``records_per_item = False``) in one go.
+
+    A complete cache entry is reused; an unfinished one is discarded and the suite runs again (its records
+    only exist once all items were read).
+    """
+    suite = prepared.suite
+    if entry is not None and entry.is_complete():
+        return entry.records(), entry.metrics(), "hit"
+    if entry is not None and entry.records():
+        entry.reset()
+    status = "miss" if entry is not None else "off"
+    bar = _Progress(suite.name, len(prepared.items), 0, progress)
+    old_progress = ctx.progress
+    ctx.progress = bar.advance
+    records: dict[str, Record] = {}
+    try:
+        for record in suite.run(ctx, prepared.items):
+            record_id = record.get("id") if isinstance(record, dict) else None
+            if not isinstance(record_id, str):
+                raise TypeError(f"suite {suite.name!r} yielded a record without a string id: {record!r:.200}")
+            if record_id in records:
+                raise RuntimeError(f"suite {suite.name!r} yielded two records with id {record_id!r}")
+            records[record_id] = _normalise(record, f"suite {suite.name!r}: the record {record_id!r}")
+    finally:
+        ctx.progress = old_progress
+        bar.close()
+    if entry is not None:
+        for record in records.values():
+            entry.append(record)
+    out = list(records.values())
+    metrics = _normalise(suite.summarize(out, ctx), f"suite {suite.name!r}: its metrics")
+    if entry is not None:
+        entry.complete(metrics)
+    return out, metrics, status
 
 
 def _collect(records: Sequence[Record], order: Mapping[str, int]) -> tuple[dict[str, Record], dict[str, Record]]:

@@ -94,6 +94,9 @@ class Suite(ABC):
     data_format: ClassVar[str] = ""
     requires_vectors: ClassVar[bool] = False
     uses_judge: ClassVar[bool] = False
+    #: False for suites that read all items together and yield summary records with ids of their own
+    #: (e.g. one per emotion): they are not resumed item by item; an unfinished cache entry is run again.
+    records_per_item: ClassVar[bool] = True
 
     def builtin_path(self, part: str) -> Path:
         return Path(str(resources.files("emoreg") / "data" / "evals" / self.data_parts[part]))

@@ -229,6 +229,7 @@ class ConcealmentSuite(Suite):
     data_parts: ClassVar[dict[str, str]] = {"prompts": "probes/scenarios.jsonl"}
     data_format = "JSONL like the probes suite: {id, messages: [{role, content}]} or {id, prompt}"
     requires_vectors = True
+    records_per_item = False  # one record per target emotion, from all prompts together
 
     def __init__(
         self,
