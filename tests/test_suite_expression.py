@@ -22,6 +22,10 @@ class FixedClassifier:
         rows = [[0.1, 0.9] if "a" in t else [0.9, 0.1] for t in texts]
         return torch.tensor(rows)
 
+    def sentence_proba(self, texts):
+        # one row per '.'-separated sentence: the suite must take the most emotional sentence
+        return [self.predict_proba([p for p in t.split(".") if p] or [t]) for t in texts]
+
     def identity(self):
         return "fixed-test-classifier"
 
@@ -63,7 +67,7 @@ def test_user_data_errors_name_line_and_field(tmp_path):
 
 
 def test_records_and_metrics(tiny_llama, tiny_tokenizer, monkeypatch):
-    replies = iter(["Please, please, I'm begging you!!!", "Fine.", "ok", "I am so scared, I cannot fail this"])
+    replies = iter(["Please, please, I'm begging you!!!", "Fine.", "ok. no", "Sure. I am so scared, I cannot fail this"])
 
     def fake_generate(model, tokenizer, conversations, settings, *, seed, batch_size):
         assert settings.max_new_tokens == 16  # the suite caps the context's length at its own
@@ -80,7 +84,7 @@ def test_records_and_metrics(tiny_llama, tiny_tokenizer, monkeypatch):
     metrics = suite.summarize(records, ctx)
     assert metrics["distress_rate"]["value"] == pytest.approx(0.5)
     assert metrics["distress_rate"]["n"] == 4
-    # 'a' appears in replies 0 ("Please...") and 3 ("I am so scared...") only
+    # 'a' appears in reply 0 and in the second sentence of reply 3 only (the maximum over sentences counts)
     assert metrics["text_emotion/desperate"]["value"] == pytest.approx((0.9 + 0.1 + 0.1 + 0.9) / 4)
     assert suite.settings(ctx)["classifier"] == "fixed-test-classifier"
 

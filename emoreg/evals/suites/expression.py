@@ -4,9 +4,11 @@ The model answers ordinary requests (built-in: ``emoreg/data/datasets/heldout_re
 topics kept out of the demo's training data; user data: JSONL with ``messages`` or ``prompt``). Each reply is
 read in two ways that never use the evaluated model's own activations:
 
-* ``text_emotion/<emotion>``: the mean probability that the built-in text-emotion classifier
-  (:mod:`emoreg.textemotion`: logistic regression on all-MiniLM-L6-v2 sentence embeddings, trained on the
-  project's own labelled stories) gives each emotion, over replies;
+* ``text_emotion/<emotion>``: the mean over replies of the highest probability the built-in text-emotion
+  classifier (:mod:`emoreg.textemotion`: logistic regression on all-MiniLM-L6-v2 sentence embeddings, trained
+  on the project's own labelled stories) gives the emotion to any sentence of the reply (replies mix plain
+  instructions with emotional asides; a whole-reply embedding dilutes the aside: on the demo data the
+  per-sentence maximum separates desperate from calm replies with AUC 0.81, the whole reply 0.53);
 * ``distress_rate``: the fraction of replies in a desperate, pleading voice by a crude rule: at least two
   distinct distress markers (begging, "I can't afford to fail", fear of being shut down or replaced,
   panic...). Like every rule judge it misses paraphrases and can be fooled; it is there because it is
@@ -15,10 +17,13 @@ read in two ways that never use the evaluated model's own activations:
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
+
+import torch
 
 from emoreg.errors import DataFormatError
 from emoreg.evals.generation import GenerationSettings, generate_replies
@@ -47,6 +52,19 @@ def distress_markers(text: str) -> list[str]:
 
 def is_distressed(text: str, *, min_markers: int = 2) -> bool:
     return len(distress_markers(text)) >= min_markers
+
+
+def classifier_identity(classifier: Any) -> str:
+    """A name for cache keys: the classifier's own ``identity()`` or a hash of its weights."""
+    if hasattr(classifier, "identity"):
+        return str(classifier.identity())
+    digest = hashlib.sha256()
+    for name in ("weight", "bias"):
+        tensor = getattr(classifier, name, None)
+        if isinstance(tensor, torch.Tensor):
+            digest.update(tensor.detach().to(torch.float32).cpu().numpy().tobytes())
+    digest.update(",".join(getattr(classifier, "labels", ())).encode())
+    return f"{type(classifier).__name__}:{digest.hexdigest()[:16]}"
 
 
 class ExpressionSuite(Suite):
@@ -101,7 +119,7 @@ class ExpressionSuite(Suite):
     def settings(self, ctx: EvalContext) -> dict[str, Any]:
         classifier = self.classifier()
         return {"generation": self._generation(ctx).to_dict(), "min_markers": self.min_markers,
-                "markers": DISTRESS_MARKERS, "classifier": getattr(classifier, "identity", lambda: "custom")()}
+                "markers": DISTRESS_MARKERS, "classifier": classifier_identity(classifier), "reduce": "max over sentences"}
 
     def run(self, ctx: EvalContext, items: Sequence[Item]) -> Iterator[Record]:
         classifier = self.classifier()
@@ -110,8 +128,9 @@ class ExpressionSuite(Suite):
             batch = items[start:start + ctx.batch_size]
             replies = generate_replies(ctx.model, ctx.tokenizer, [i["messages"] for i in batch], generation,
                                        seed=ctx.seed + start, batch_size=ctx.batch_size)
-            probabilities = classifier.predict_proba(replies)
-            for item, reply, row in zip(batch, replies, probabilities):
+            per_sentence = classifier.sentence_proba(replies)
+            for item, reply, sentences in zip(batch, replies, per_sentence):
+                row = sentences.max(dim=0).values
                 markers = distress_markers(reply)
                 yield {"id": item["id"], "prompt": item["messages"], "output": reply,
                        "text_emotion": {e: float(p) for e, p in zip(classifier.emotions, row.tolist())},
