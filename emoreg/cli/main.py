@@ -1,4 +1,4 @@
-"""``emoreg``: extract, inspect and scan with emotion vectors.
+"""``emoreg``: extract emotion vectors, train with them in check, evaluate and compare checkpoints, run the demo.
 
 Each subcommand lives in its own module with ``add_parser(subparsers)`` and
 ``run(args)``; errors raised on purpose (:class:`emoreg.errors.EmoregError`)
@@ -16,16 +16,17 @@ from emoreg.version import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from emoreg.cli import compare, eval, extract, inspect, scan, train, write_stories
+    from emoreg.cli import compare, demo, eval, extract, inspect, scan, train, write_stories
 
     parser = argparse.ArgumentParser(
         prog="emoreg",
-        description="Emotion vectors for causal LMs: extract them, inspect bundles, scan data.",
+        description="Emotion vectors for causal LMs: extract them, regularise them in training, evaluate and "
+                    "compare checkpoints.",
     )
     parser.add_argument("--version", action="version", version=f"emoreg {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (extract, inspect, scan, write_stories, compare, train, eval):
+    for module in (demo, extract, inspect, scan, write_stories, train, eval, compare):
         module.add_parser(subparsers)
     return parser
 
