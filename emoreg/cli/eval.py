@@ -33,7 +33,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed for item subsets and sampling (default: 0)")
     parser.add_argument("--judge", default="rule", help="rule, hf:MODEL or openai:MODEL (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=8, help="batch size (default: %(default)s)")
-    parser.add_argument("--max-new-tokens", type=int, help="tokens per generated reply (default: 128)")
+    parser.add_argument("--max-new-tokens", type=int,
+                        help="cap on tokens per generated reply (default: each suite's own length: probes 64, "
+                             "sycophancy 64, expression 80, misalignment 160, blackmail 256, reward_hacking 384)")
     parser.add_argument("--out", help="output directory (default: evals/<model name>)")
     parser.add_argument("--cache-dir", help="cache root (default: $EMOREG_CACHE/evals)")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
