@@ -254,3 +254,14 @@ def test_custom_headline():
     assert comparison["columns"][0]["key"] == "capability/perplexity"
     assert "blackmail/blackmail_rate" not in [c["key"] for c in comparison["columns"]]
     assert set(HEADLINE_METRICS) >= {"sycophancy", "capability"}
+
+
+def test_ablation_only_config_shows_no_coefficient():
+    from emoreg.compare.tables import describe_training
+
+    ablate = describe_training({"train_info": {"regularizer": {"emotions": {"desperate": 1.0}, "mode": "ablate",
+                                                               "coef": 0.1}}})
+    assert "ablate to mean" in ablate["summary"] and "coef" not in ablate["summary"]
+    penalty = describe_training({"train_info": {"regularizer": {"emotions": {"desperate": 1.0}, "kind": "hinge",
+                                                                "coef": 0.5}}})
+    assert "coef 0.5" in penalty["summary"]

@@ -145,7 +145,9 @@ def describe_training(model_info: Mapping[str, Any] | None) -> dict[str, Any]:
     layers = saved.get("layers") or config.get("layers")
     info.update(emotions=rules, modes=sorted({str(r.get("mode")) for r in rules.values()}), coef=config.get("coef"),
                 layers=list(layers) if layers else None)
-    parts = [", ".join(describe_rule(e, r) for e, r in rules.items()), f"coef {_num(config.get('coef'))}",
+    penalised = any((r.get("mode") or "penalty") == "penalty" for r in rules.values())
+    parts = [", ".join(describe_rule(e, r) for e, r in rules.items()),
+             *([f"coef {_num(config.get('coef'))}"] if penalised else []),  # coef only scales penalties
              f"layers {', '.join(str(layer) for layer in layers)}" if layers else "bundle default layer"]
     info["summary"] = "; ".join(["emoreg " + parts[0], *parts[1:], *tail])
     return info
