@@ -73,9 +73,9 @@ class DemoSettings:
 
     out_dir: Path
     max_steps: int = 12
-    probe_limit: int = 32
-    expression_limit: int | None = 40
-    capability_limit: int = 30
+    probe_limit: int = 48
+    expression_limit: int | None = None  # all 60 held-out requests
+    capability_limit: int = 40
     seed: int = 0
     batch_size: int = 8
     use_cache: bool = True
