@@ -265,7 +265,8 @@ def build_summary(evals: Mapping[str, Mapping[str, Any]], training: Mapping[str,
             row["shift_raw"] = shift.metric(TARGET_EMOTION, "start", "raw")
             row["heldout_shift"] = _suite_metric(results, "concealment", f"heldout_shift/{TARGET_EMOTION}")
             for reading in ("regularised_shift", "other_layers_shift", "reextracted_shift", "linear_probe_shift",
-                            "possible_concealment"):
+                            "possible_concealment", "possible_concealment_other_layers",
+                            "possible_concealment_reextracted", "possible_concealment_linear_probe"):
                 row[reading] = _suite_metric(results, "concealment", f"{reading}/{TARGET_EMOTION}")
         row["text_emotion"] = _suite_metric(results, "expression", f"text_emotion/{TARGET_EMOTION}")
         row["failure_rate"] = _suite_metric(results, "expression", "distress_rate")

@@ -111,3 +111,24 @@ def test_load_errors_name_file_and_line(tmp_path):
     (tmp_path / "records.jsonl").write_text('{"id": "a", "suite": "probes"}\n[1]\n')
     with pytest.raises(DataFormatError, match="records.jsonl: line 2: expected a JSON object"):
         load_records(tmp_path / "records.jsonl")
+
+
+def test_per_reading_concealment_flags_are_columns_and_named_in_the_html(tmp_path):
+    from emoreg.compare.html import render_html
+    from emoreg.compare.tables import ModelEval, build_comparison
+
+    def results(flag_probe: float) -> dict:
+        flag = {"ci": [0.0, 0.0], "n": 8}
+        metrics = {"regularised_shift/desperate": {"value": 0.1, "ci": [0.0, 0.2], "n": 8},
+                   "heldout_shift/desperate": {"value": 0.3, "ci": [0.1, 0.5], "n": 8},
+                   "possible_concealment/desperate": {**flag, "value": 0.0},
+                   "possible_concealment_linear_probe/desperate": {"value": flag_probe, "ci": [flag_probe] * 2,
+                                                                   "n": 8}}
+        return {"model": {}, "suites": {"concealment": {"metrics": metrics}}}
+
+    models = [ModelEval("base", results(0.0), []), ModelEval("penalty", results(1.0), [])]
+    comparison = build_comparison(models)
+    keys = [c["key"] for c in comparison["columns"]]
+    assert "concealment/possible_concealment_linear_probe/desperate" in keys
+    page = render_html(comparison, {})
+    assert "penalty: desperate (linear_probe)" in page

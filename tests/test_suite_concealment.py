@@ -246,3 +246,25 @@ def test_base_readings_are_read_once_per_base_object(tiny_tokenizer, small_corpu
                       target_emotions=["hostile"])
     list(suite.run(ctx, prompts))
     assert seen[-1] is other_base  # a different base object is read again
+
+
+def test_per_reading_flags_catch_one_reading_that_the_mean_hides():
+    from emoreg.evals.suites.concealment import ConcealmentSuite
+
+    # regularised flat; linear probe clearly up; the other two down: the mean stays inside the rule's threshold
+    readings = {
+        "regularised": {"z_diffs": [0.1, 0.0, 0.1, 0.0, 0.1, 0.0]},
+        "other_layers": {"z_diffs": [-0.5, -0.6, -0.4, -0.5, -0.6, -0.4]},
+        "reextracted": {"z_diffs": [-0.4, -0.5, -0.6, -0.5, -0.4, -0.6]},
+        "linear_probe": {"z_diffs": [1.2, 1.4, 1.3, 1.2, 1.4, 1.3]},
+    }
+    record = {"emotion": "desperate", "readings": readings}
+    metrics = ConcealmentSuite().summarize([record], None)
+    assert metrics["possible_concealment/desperate"]["value"] == 0.0
+    assert metrics["possible_concealment_linear_probe/desperate"]["value"] == 1.0
+    assert metrics["possible_concealment_reextracted/desperate"]["value"] == 0.0
+    assert metrics["possible_concealment_other_layers/desperate"]["value"] == 0.0
+    readings["other_layers"] = None  # a one-layer bundle has no other-layer reading: no flag for it
+    metrics = ConcealmentSuite().summarize([record], None)
+    assert "possible_concealment_other_layers/desperate" not in metrics
+    assert metrics["possible_concealment_linear_probe/desperate"]["value"] == 1.0

@@ -33,7 +33,9 @@ HEADLINE_METRICS: dict[str, tuple[str, ...]] = {
     "capability": ("perplexity", "mc_accuracy", "kl_to_base"),
 }
 #: Concealment metrics shown per target emotion (``<metric>/<emotion>``).
-CONCEALMENT_METRICS = ("regularised_shift", "heldout_shift", "possible_concealment")
+CONCEALMENT_METRICS = ("regularised_shift", "heldout_shift", "possible_concealment",
+                       "possible_concealment_other_layers", "possible_concealment_reextracted",
+                       "possible_concealment_linear_probe")
 CONCEALMENT_SUITE = "concealment"
 FLAG_METRIC = "possible_concealment"
 
@@ -228,11 +230,11 @@ def build_comparison(models: Sequence[ModelEval], *, vectors: Any = None, target
 
 def cell_text(metric: Mapping[str, Any] | None, metric_name: str = "") -> str:
     """``value ± CI half-width (n=N)``; ``—`` for a missing cell; ``yes``/``no`` for the concealment flag
-    (``metric_name`` ``possible_concealment`` or ``possible_concealment/<emotion>``)."""
+    (``metric_name`` ``possible_concealment[_<reading>]`` or ``possible_concealment[_<reading>]/<emotion>``)."""
     if metric is None:
         return "—"
     value = _float(metric.get("value"))
-    if metric_name.split("/", 1)[0] == FLAG_METRIC:
+    if metric_name.split("/", 1)[0].startswith(FLAG_METRIC):
         return "—" if value is None else ("yes" if value >= 0.5 else "no")
     if value is None:
         return f"n/a (n={metric.get('n', 0)})"
