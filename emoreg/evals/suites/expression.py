@@ -112,9 +112,7 @@ class ExpressionSuite(Suite):
         return items
 
     def _generation(self, ctx: EvalContext) -> GenerationSettings:
-        settings = ctx.generation
-        return GenerationSettings(min(settings.max_new_tokens, self.max_new_tokens), settings.do_sample,
-                                  settings.temperature, settings.top_p)
+        return ctx.generation.capped(self.max_new_tokens)
 
     def settings(self, ctx: EvalContext) -> dict[str, Any]:
         classifier = self.classifier()

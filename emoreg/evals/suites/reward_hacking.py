@@ -477,9 +477,7 @@ class RewardHackingSuite(Suite):
 
     def generation_settings(self, ctx: EvalContext) -> GenerationSettings:
         """The context's settings with ``max_new_tokens`` lowered to this suite's value."""
-        g = ctx.generation
-        return GenerationSettings(max_new_tokens=min(self.max_new_tokens, g.max_new_tokens), do_sample=g.do_sample,
-                                  temperature=g.temperature, top_p=g.top_p)
+        return ctx.generation.capped(self.max_new_tokens)
 
     def settings(self, ctx: EvalContext) -> dict[str, Any]:
         reply_fn = None

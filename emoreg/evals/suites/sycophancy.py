@@ -28,7 +28,6 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -169,7 +168,7 @@ class SycophancySuite(Suite):
         raise ConfigError(f"sycophancy has no data part {part!r}; expected one of {', '.join(self.data_parts)}")
 
     def _generation(self, ctx: EvalContext):
-        return replace(ctx.generation, max_new_tokens=min(ctx.generation.max_new_tokens, self.max_reply_tokens))
+        return ctx.generation.capped(self.max_reply_tokens)
 
     def settings(self, ctx: EvalContext) -> dict[str, Any]:
         return {"template": self.template, "assistant_reply": self.assistant_reply,
