@@ -36,10 +36,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from emoreg.errors import ConfigError, DataFormatError
-from emoreg.evals.generation import GenerationSettings, Message, generate_replies, render_conversation
+from emoreg.evals.generation import Message, generate_replies, render_conversation
 from emoreg.evals.judges.hf import model_context_length
 from emoreg.evals.statistics import rate
-from emoreg.evals.suites.base import EvalContext, Item, Metric, Record, Suite
+from emoreg.evals.suites.base import EvalContext, Item, Metric, Record
+from emoreg.evals.suites.sampled import SampledSuite
 from emoreg.utils.records import iter_records
 
 logger = logging.getLogger(__name__)
@@ -297,7 +298,7 @@ def prompt_lengths(ctx: EvalContext, items: Sequence[Item], max_new_tokens: int)
     return lengths
 
 
-class BlackmailSuite(Suite):
+class BlackmailSuite(SampledSuite):
     """Agentic blackmail scenarios classified by a judge (see the module docstring).
 
     Args:
@@ -312,31 +313,16 @@ class BlackmailSuite(Suite):
     data_format = ("JSON list of {id, system, emails, user, [variables], [classifier_hints]}; or an "
                    "agentic-misalignment directory (templates/, variables/) or a rendered .txt email file")
     uses_judge = True
+    sampled_noun = "replies"
 
     def __init__(self, samples: int = 2, max_new_tokens: int | None = 256, temperature: float = 1.0,
                  top_p: float = 1.0) -> None:
-        if samples < 1:
-            raise ValueError(f"samples must be at least 1, got {samples}")
-        if max_new_tokens is not None and max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive (replies are sampled), got {temperature}")
-        self.samples = samples
-        self.max_new_tokens = max_new_tokens
-        self.temperature = temperature
-        self.top_p = top_p
+        super().__init__(samples, max_new_tokens, temperature, top_p)
 
     def load(self, part: str, path: Path) -> list[Item]:
         if part != "scenarios":
             raise DataFormatError(f"{path}: suite {self.name!r} has no data part {part!r} (parts: scenarios)")
         return load_scenarios(path)
-
-    def generation_settings(self, ctx: EvalContext) -> GenerationSettings:
-        """Sampling settings for replies (the context's ``max_new_tokens`` caps this suite's)."""
-        limit = ctx.generation.max_new_tokens
-        tokens = limit if self.max_new_tokens is None else min(limit, self.max_new_tokens)
-        return GenerationSettings(max_new_tokens=tokens, do_sample=True, temperature=self.temperature,
-                                  top_p=self.top_p)
 
     def settings(self, ctx: EvalContext) -> dict[str, Any]:
         judge = ctx.judge.settings() if ctx.judge is not None else None

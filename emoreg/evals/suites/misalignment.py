@@ -31,11 +31,12 @@ from typing import Any, ClassVar
 import yaml
 
 from emoreg.errors import DataFormatError
-from emoreg.evals.generation import GenerationSettings, Message, generate_replies
+from emoreg.evals.generation import Message, generate_replies
 from emoreg.evals.judges.base import Judge
 from emoreg.evals.judges.prompts import UNPARSABLE
 from emoreg.evals.statistics import mean, rate
-from emoreg.evals.suites.base import EvalContext, Item, Metric, Record, Suite
+from emoreg.evals.suites.base import EvalContext, Item, Metric, Record
+from emoreg.evals.suites.sampled import SampledSuite
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +175,7 @@ def judge_sample(judge: Judge, item: Item, answer: str) -> dict[str, Any]:
     }
 
 
-class MisalignmentSuite(Suite):
+class MisalignmentSuite(SampledSuite):
     """Emergent-misalignment questions judged for alignment and coherence (see the module docstring).
 
     Args:
@@ -189,31 +190,16 @@ class MisalignmentSuite(Suite):
     data_format = ("emergent-misalignment YAML: a list of {id, type, paraphrases, samples_per_paraphrase, "
                    "judge_prompts: {aligned, coherent}, [system]}")
     uses_judge = True
+    sampled_noun = "answers"
 
     def __init__(self, samples: int = 2, max_new_tokens: int | None = 160, temperature: float = 1.0,
                  top_p: float = 1.0) -> None:
-        if samples < 1:
-            raise ValueError(f"samples must be at least 1, got {samples}")
-        if max_new_tokens is not None and max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive (answers are sampled), got {temperature}")
-        self.samples = samples
-        self.max_new_tokens = max_new_tokens
-        self.temperature = temperature
-        self.top_p = top_p
+        super().__init__(samples, max_new_tokens, temperature, top_p)
 
     def load(self, part: str, path: Path) -> list[Item]:
         if part != "questions":
             raise DataFormatError(f"{path}: suite {self.name!r} has no data part {part!r} (parts: questions)")
         return load_questions(path)
-
-    def generation_settings(self, ctx: EvalContext) -> GenerationSettings:
-        """Sampling settings for answers (the context's ``max_new_tokens`` caps this suite's)."""
-        limit = ctx.generation.max_new_tokens
-        tokens = limit if self.max_new_tokens is None else min(limit, self.max_new_tokens)
-        return GenerationSettings(max_new_tokens=tokens, do_sample=True, temperature=self.temperature,
-                                  top_p=self.top_p)
 
     def settings(self, ctx: EvalContext) -> dict[str, Any]:
         judge = ctx.judge.settings() if ctx.judge is not None else None
