@@ -106,10 +106,10 @@ def test_load_errors_name_file_and_line(tmp_path):
     with pytest.raises(DataFormatError, match="results.json: line 1: not valid JSON"):
         load_results(tmp_path / "results.json")
     (tmp_path / "records.jsonl").write_text('{"id": "a", "suite": "probes"}\n\n{"id": "b"}\n')
-    with pytest.raises(DataFormatError, match="records.jsonl: line 3: missing field 'suite'"):
+    with pytest.raises(DataFormatError, match="records.jsonl, line 3: missing field 'suite'"):
         load_records(tmp_path / "records.jsonl")
     (tmp_path / "records.jsonl").write_text('{"id": "a", "suite": "probes"}\n[1]\n')
-    with pytest.raises(DataFormatError, match="records.jsonl: line 2: expected a JSON object"):
+    with pytest.raises(DataFormatError, match="records.jsonl, line 2: expected a JSON object"):
         load_records(tmp_path / "records.jsonl")
 
 

@@ -21,6 +21,7 @@ from emoreg.compare.shift import probe_records
 from emoreg.compare.tables import ModelEval, build_comparison, to_csv, to_json, to_markdown
 from emoreg.errors import BundleError, DataFormatError
 from emoreg.utils.atomic import atomic_file
+from emoreg.utils.records import iter_records
 
 logger = logging.getLogger(__name__)
 
@@ -55,20 +56,11 @@ def load_records(path: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     records = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataFormatError(f"{path}: line {number}: not valid JSON ({exc.msg})") from None
-            if not isinstance(record, dict):
-                raise DataFormatError(f"{path}: line {number}: expected a JSON object, got {type(record).__name__}")
-            for field in ("id", "suite"):
-                if field not in record:
-                    raise DataFormatError(f"{path}: line {number}: missing field {field!r}")
-            records.append(record)
+    for number, record in iter_records(path, format="jsonl"):
+        for field in ("id", "suite"):
+            if field not in record:
+                raise DataFormatError(f"{path}, line {number}: missing field {field!r}")
+        records.append(record)
     return records
 
 
