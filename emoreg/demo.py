@@ -164,6 +164,7 @@ def _train_arm(recipe, output_dir: Path) -> dict[str, Any]:
 
 def _evaluate_all(settings: DemoSettings, *, say: Callable[[str], None]) -> dict[str, dict[str, Any]]:
     """Evaluate base and every arm; returns ``{label: {"results": ..., "records": [...]}}``."""
+    from emoreg.compare.report import load_records
     from emoreg.evals.generation import GenerationSettings
     from emoreg.evals.runner import run_suites
     from emoreg.evals.suites import get_suite
@@ -187,14 +188,14 @@ def _evaluate_all(settings: DemoSettings, *, say: Callable[[str], None]) -> dict
                           batch_size=settings.batch_size, generation=GenerationSettings(max_new_tokens=64),
                           base_model=base_model, target_emotions=[TARGET_EMOTION])
         results = _run_limited(run_suites, ctx, suites, settings, label, info)
-        records_path = settings.out_dir / "evals" / label / "records.jsonl"
-        records = [json.loads(line) for line in records_path.read_text().splitlines() if line.strip()]
-        evals[label] = {"results": results, "records": records}
+        evals[label] = {"results": results, "records": load_records(settings.out_dir / "evals" / label / "records.jsonl")}
     return evals
 
 
 def _run_limited(run_suites, ctx, suites, settings: DemoSettings, label: str, info) -> dict[str, Any]:
     """Run each suite with its own item limit, merged into one results.json/records.jsonl per model."""
+    from emoreg.compare.report import load_records
+
     limits = {"probes": settings.probe_limit, "concealment": settings.probe_limit,
               "expression": settings.expression_limit, "capability": settings.capability_limit}
     model_info = {"ref": label if info is None else info.ref, "kind": "default" if info is None else info.kind,
@@ -212,8 +213,7 @@ def _run_limited(run_suites, ctx, suites, settings: DemoSettings, label: str, in
             merged = results
         else:
             merged["suites"].update(results["suites"])
-        records.extend(json.loads(line) for line in (part_dir / "records.jsonl").read_text().splitlines()
-                       if line.strip())
+        records.extend(load_records(part_dir / "records.jsonl"))
     assert merged is not None
     merged["limit"] = {name: limits[name] for name in SUITES}
     from emoreg.evals.runner import write_outputs
