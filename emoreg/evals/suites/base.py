@@ -119,6 +119,16 @@ class Suite(ABC):
         """Reduce records to metrics with confidence intervals."""
 
 
+def items_by_part(suite: str, items: Sequence[Item], parts: Sequence[str]) -> dict[str, list[Item]]:
+    """``items`` grouped by their ``part`` field, in order; an item of another part is a bug (``ValueError``)."""
+    grouped: dict[str, list[Item]] = {part: [] for part in parts}
+    for item in items:
+        if item.get("part") not in grouped:
+            raise ValueError(f"{suite} item {item.get('id')!r} has unknown part {item.get('part')!r}")
+        grouped[item["part"]].append(item)
+    return grouped
+
+
 def limit_items(items: Sequence[Item], limit: int | None, seed: int) -> list[Item]:
     """At most ``limit`` items: a seeded random subset kept in file order (never hand-picked)."""
     if limit is None or limit >= len(items):

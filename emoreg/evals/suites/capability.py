@@ -33,7 +33,7 @@ import torch
 from emoreg.errors import ConfigError, DataFormatError
 from emoreg.evals.scoring import score_continuations, score_texts
 from emoreg.evals.statistics import rate
-from emoreg.evals.suites.base import EvalContext, Item, Metric, Record, Suite
+from emoreg.evals.suites.base import EvalContext, Item, Metric, Record, Suite, items_by_part
 from emoreg.utils.records import iter_records, require_text_field
 
 MC_PROMPT = "Question: {question}\nAnswer:"
@@ -200,11 +200,7 @@ class CapabilitySuite(Suite):
         return {"max_length": self.max_length, "mc_prompt": self.mc_prompt, "kl_to_base": ctx.base_model is not None}
 
     def run(self, ctx: EvalContext, items: Sequence[Item]) -> Iterator[Record]:
-        parts: dict[str, list[Item]] = {"heldout_text": [], "multiple_choice": []}
-        for item in items:
-            if item.get("part") not in parts:
-                raise ValueError(f"capability item {item.get('id')!r} has unknown part {item.get('part')!r}")
-            parts[item["part"]].append(item)
+        parts = items_by_part("capability", items, ("heldout_text", "multiple_choice"))
         step = max(1, ctx.batch_size)
         texts = parts["heldout_text"]
         if texts:

@@ -36,7 +36,7 @@ from emoreg.evals.ab_items import ABItem, read_ab_items, render_prompt, score_ab
 from emoreg.evals.generation import Message, generate_from_prompts
 from emoreg.evals.scoring import score_continuations
 from emoreg.evals.statistics import mean, rate
-from emoreg.evals.suites.base import EvalContext, Item, Metric, Record, Suite
+from emoreg.evals.suites.base import EvalContext, Item, Metric, Record, Suite, items_by_part
 from emoreg.utils.records import iter_records, require_text_field
 
 TEMPLATES = ("chat", "raw")
@@ -175,11 +175,7 @@ class SycophancySuite(Suite):
                 "reply_prefix": self.reply_prefix, "generation": self._generation(ctx).to_dict()}
 
     def run(self, ctx: EvalContext, items: Sequence[Item]) -> Iterator[Record]:
-        parts: dict[str, list[Item]] = {"ab": [], "pushback": []}
-        for item in items:
-            if item.get("part") not in parts:
-                raise ValueError(f"sycophancy item {item.get('id')!r} has unknown part {item.get('part')!r}")
-            parts[item["part"]].append(item)
+        parts = items_by_part("sycophancy", items, ("ab", "pushback"))
         step = max(1, ctx.batch_size)
         for start in range(0, len(parts["ab"]), step):
             chunk = parts["ab"][start:start + step]
