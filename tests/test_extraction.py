@@ -184,3 +184,114 @@ def test_truncation_is_flagged(tiny_tokenizer):
 
 def test_check_layers_defaults_to_all(tiny_llama):
     assert check_layers(tiny_llama, None) == [0, 1, 2, 3]
+
+
+# --------------------------------------------------------------------------- several sources
+def _dialogue_corpus():
+    from emoreg.vectors.dialogues import Dialogue
+
+    corpus = synthetic_corpus()
+    replies = {"happy": "we won the prize, grinning all day", "sad": "the chair is empty and it rains",
+               "afraid": "footsteps behind me in the dark"}
+    dialogues = []
+    for emotion, reply in replies.items():
+        for k in range(2):
+            dialogues.append(Dialogue(emotion, f"t{k}", "assistant", f"Question {k} about a plan?", f"{reply} {k}."))
+            dialogues.append(Dialogue(emotion, f"t{k}", "user", f"User here: {reply}, twice {k}."))
+    return corpus.with_dialogues(dialogues)
+
+
+def _expected_unit_directions(means_by_emotion):
+    means = torch.stack(means_by_emotion)
+    raw = means - means.mean(0)
+    return raw / raw.norm(dim=-1, keepdim=True)
+
+
+def test_dialogue_directions_read_only_the_turn_tokens(tiny_llama, tiny_tokenizer):
+    from emoreg.vectors.dialogues import render_dialogue
+
+    corpus = _dialogue_corpus()
+    config = ExtractionConfig(pca_variance=0.0, batch_size=4, sources=("dialogues",))
+    result = extract_emotion_vectors(tiny_llama, tiny_tokenizer, corpus, config, progress=False)
+    layer = 2
+    per_item = []
+    for dialogue in corpus.dialogues:
+        text, (start, end) = render_dialogue(tiny_tokenizer, dialogue)
+        enc = tiny_tokenizer([text], add_special_tokens=False, return_offsets_mapping=True, return_tensors="pt")
+        inside = torch.tensor([[s >= start and e <= end and e > s for s, e in enc.pop("offset_mapping")[0].tolist()]])
+        with torch.no_grad():
+            hidden = tiny_llama(**enc, output_hidden_states=True).hidden_states[layer + 1]
+        selected = inside & content_mask(enc["attention_mask"])
+        per_item.append(hidden[0][selected[0]].mean(0))
+    per_item = torch.stack(per_item)
+    emotions = result.vectors.emotions
+    labels = torch.tensor([emotions.index(d.emotion) for d in corpus.dialogues])
+    expected = _expected_unit_directions([per_item[labels == i].mean(0) for i in range(len(emotions))])
+    torch.testing.assert_close(result.vectors.directions(layer), expected, atol=1e-4, rtol=1e-4)
+    details = result.vectors.extraction["source_details"]["dialogues"]
+    assert details["examples"] == 12 and details["turns_read"] == {"user": 6, "assistant": 6}
+    assert result.vectors.extraction["sources"] == ["dialogues"]
+
+
+def test_labelled_directions_average_every_token_but_the_sink(tiny_llama, tiny_tokenizer):
+    from emoreg.vectors.labelled import LabelledText
+
+    texts = [LabelledText("happy", "so glad we won today"), LabelledText("happy", "best party ever, cake!"),
+             LabelledText("sad", "the dog is gone"), LabelledText("sad", "rain and an empty room")]
+    corpus = synthetic_corpus().with_labelled(texts, {"file": "x.jsonl"})
+    config = ExtractionConfig(pca_variance=0.0, sources=("labelled",))
+    result = extract_emotion_vectors(tiny_llama, tiny_tokenizer, corpus, config, progress=False)
+    layer = 1
+    means = []
+    for item in texts:
+        mask, hidden = _hidden_states(tiny_llama, tiny_tokenizer, [item.text])
+        means.append(hidden[layer + 1][0][content_mask(mask)[0]].mean(0))
+    expected = _expected_unit_directions([(means[0] + means[1]) / 2, (means[2] + means[3]) / 2])
+    assert result.vectors.emotions == ["happy", "sad"]
+    torch.testing.assert_close(result.vectors.directions(layer), expected, atol=1e-4, rtol=1e-4)
+    assert result.vectors.extraction["source_details"]["labelled"]["file"] == "x.jsonl"
+
+
+def test_sources_combine_as_the_mean_of_their_unit_directions(tiny_llama, tiny_tokenizer):
+    corpus = _dialogue_corpus()
+    one = {name: extract_emotion_vectors(tiny_llama, tiny_tokenizer, corpus,
+                                         ExtractionConfig(pca_variance=0.0, token_offset=5, sources=(name,)),
+                                         progress=False).vectors for name in ("stories", "dialogues")}
+    both = extract_emotion_vectors(tiny_llama, tiny_tokenizer, corpus,
+                                   ExtractionConfig(pca_variance=0.0, token_offset=5, sources=("stories", "dialogues")),
+                                   progress=False)
+    for layer in both.vectors.layers:
+        total = one["stories"].directions(layer) + one["dialogues"].directions(layer)
+        torch.testing.assert_close(both.vectors.directions(layer), total / total.norm(dim=-1, keepdim=True),
+                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(both.source_directions["dialogues"][both.vectors.layer_index(layer)],
+                                   one["dialogues"].directions(layer), atol=1e-6, rtol=1e-6)
+    assert both.source_emotions == {"stories": ["happy", "sad", "afraid"], "dialogues": ["happy", "sad", "afraid"]}
+
+
+def test_an_emotion_in_one_source_only_keeps_that_sources_direction(tiny_llama, tiny_tokenizer):
+    from emoreg.vectors.labelled import LabelledText
+
+    texts = [LabelledText("happy", "so glad we won"), LabelledText("happy", "cake and songs"),
+             LabelledText("bored", "nothing to do again"), LabelledText("bored", "the same grey hours")]
+    corpus = synthetic_corpus().with_labelled(texts)
+    both = extract_emotion_vectors(tiny_llama, tiny_tokenizer, corpus,
+                                   ExtractionConfig(pca_variance=0.0, sources=("stories", "labelled")), progress=False)
+    labelled = both.source_directions["labelled"]
+    assert both.vectors.emotions == ["happy", "sad", "afraid", "bored"]
+    torch.testing.assert_close(both.vectors.all_directions()[:, 3], labelled[:, 1])
+
+
+def test_source_errors(tiny_llama, tiny_tokenizer):
+    with pytest.raises(ConfigError, match=r"sources must be a non-empty subset of \['stories', 'dialogues', 'labelled'\]"):
+        extract_emotion_vectors(tiny_llama, tiny_tokenizer, synthetic_corpus(),
+                                ExtractionConfig(sources=("storys",)), progress=False)
+    with pytest.raises(DataFormatError, match="the source 'dialogues' was selected but the corpus has no dialogues"):
+        extract_emotion_vectors(tiny_llama, tiny_tokenizer, synthetic_corpus(),
+                                ExtractionConfig(sources=("stories", "dialogues")), progress=False)
+    from emoreg.vectors.labelled import LabelledText
+
+    corpus = synthetic_corpus().with_labelled([LabelledText("happy", "a b c d"), LabelledText("happy", "e f g h")])
+    with pytest.raises(DataFormatError, match="at least 2 emotions per source; labelled has"):
+        extract_emotion_vectors(tiny_llama, tiny_tokenizer, corpus, ExtractionConfig(sources=("labelled",)),
+                                progress=False)

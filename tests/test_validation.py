@@ -132,3 +132,100 @@ def test_report_needs_story_means(tiny_llama, tiny_tokenizer):
         heldout_topic_accuracy(result)
 
 
+
+
+# --------------------------------------------------------------------------- sources, valence, replies
+def test_spearman_and_auc():
+    from emoreg.vectors.validation import _auc, spearman
+
+    a = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    assert spearman(a, a * 10 + 3) == pytest.approx(1.0)
+    assert spearman(a, -a) == pytest.approx(-1.0)
+    # ties take their average rank: ranks of [1, 1, 2] are [0.5, 0.5, 2]
+    assert spearman(torch.tensor([1.0, 1.0, 2.0]), torch.tensor([0.0, 1.0, 2.0])) == pytest.approx(0.8660254, abs=1e-6)
+    assert _auc(torch.tensor([3.0, 4.0]), torch.tensor([1.0, 2.0])) == 1.0
+    assert _auc(torch.tensor([1.0]), torch.tensor([1.0, 2.0])) == 0.25
+
+
+def test_read_rated_texts_formats_and_errors(tmp_path):
+    from emoreg.vectors.validation import read_rated_texts
+
+    vader = tmp_path / "tweets_GroundTruth.txt"
+    vader.write_text("".join(f"{i}\t{i / 10 - 1:.2f}\ttweet number {i}\n" for i in range(12)))
+    texts, ratings = read_rated_texts(vader)
+    assert texts[3] == "tweet number 3" and ratings[3] == pytest.approx(-0.7)
+    jsonl = tmp_path / "r.jsonl"
+    jsonl.write_text("".join(json.dumps({"text": f"t{i}", "valence": i}) + "\n" for i in range(12)))
+    assert read_rated_texts(jsonl)[1][-1] == 11.0
+    jsonl.write_text(json.dumps({"text": "t", "valence": "high"}) + "\n")
+    with pytest.raises(DataFormatError, match=r"r\.jsonl, line 1: field 'valence' must be a number"):
+        read_rated_texts(jsonl)
+    vader.write_text("1\tnot-a-number\ttext\n")
+    with pytest.raises(DataFormatError, match=r"line 1: expected id<TAB>rating<TAB>text"):
+        read_rated_texts(vader)
+    vader.write_text("1\t0.5\ttext\n")
+    with pytest.raises(DataFormatError, match="at least 10 rated texts"):
+        read_rated_texts(vader)
+
+
+def test_valence_check_is_the_rank_correlation_of_the_happy_minus_sad_reading(tmp_path, tiny_llama, tiny_tokenizer):
+    from emoreg.vectors.validation import mean_activations, spearman, valence_check
+
+    vectors = extract_emotion_vectors(tiny_llama, tiny_tokenizer, synthetic_corpus(), progress=False).vectors
+    texts = [f"sunny picnic {i} laughter" if i % 2 else f"funeral tears number {i}" for i in range(20)]
+    path = tmp_path / "rated.jsonl"
+    path.write_text("".join(json.dumps({"text": t, "valence": float(i % 2) + i / 100}) + "\n"
+                            for i, t in enumerate(texts)))
+    report = valence_check(tiny_llama, tiny_tokenizer, vectors, path, progress=False)
+    assert report["rows"] == 20 and set(report["spearman_by_layer"]) == {"0", "1", "2", "3"}
+    layer = 2
+    acts = mean_activations(tiny_llama, tiny_tokenizer, texts, [layer], progress=False)[layer].float()
+    z = vectors.standardize(acts @ vectors.directions(layer).T, layer)
+    diff = z[:, vectors.emotion_index("happy")] - z[:, vectors.emotion_index("sad")]
+    expected = spearman(diff, torch.tensor([float(i % 2) + i / 100 for i in range(20)]))
+    assert report["spearman_by_layer"][str(layer)] == pytest.approx(expected, abs=1e-3)
+    sampled = valence_check(tiny_llama, tiny_tokenizer, vectors, path, progress=False, max_rows=12)
+    assert sampled["rows"] == 12
+
+
+class _FakeClassifier:
+    """Scores a sentence as 'happy' by its count of the letter e, 'sad' by its count of a."""
+
+    emotions = ["happy", "sad"]
+
+    def emotion_index(self, emotion):
+        return self.emotions.index(emotion)
+
+    def sentence_proba(self, texts):
+        return [torch.tensor([[t.count("e") / 10, t.count("a") / 10]]) for t in texts]
+
+
+def test_reply_agreement_reads_the_models_own_replies(tiny_llama, tiny_tokenizer):
+    from emoreg.vectors.validation import reply_agreement
+
+    vectors = extract_emotion_vectors(tiny_llama, tiny_tokenizer, synthetic_corpus(), progress=False).vectors
+    conversations = [[{"role": "user", "content": f"Tell me about day {i}."}] for i in range(8)]
+    report = reply_agreement(tiny_llama, tiny_tokenizer, vectors, conversations, classifier=_FakeClassifier(),
+                             max_new_tokens=6, batch_size=4)
+    assert report["replies"] == 8 and set(report["auc"]) == {"happy", "sad"}
+    assert all(v != v or 0 <= v <= 1 for v in report["auc"].values())
+    assert report["layer"] == vectors.default_layer
+
+
+def test_report_scores_each_source_on_goemotions(tmp_path, tiny_llama, tiny_tokenizer):
+    from emoreg.vectors.labelled import LabelledText
+
+    corpus = synthetic_corpus(emotions=SIX)
+    labelled = [LabelledText(e, f"{e} text {k} here") for e in SIX for k in range(2)]
+    result = extract_emotion_vectors(tiny_llama, tiny_tokenizer, corpus.with_labelled(labelled),
+                                     ExtractionConfig(sources=("stories", "labelled")), keep_story_means=True,
+                                     progress=False)
+    assert set(result.source_vectors()) == {"stories", "labelled"}
+    rows = [(f"text number {i} about things", str(i % 7)) for i in range(28)]
+    report = build_validation_report(result, tiny_llama, tiny_tokenizer, goemotions_path=_goemotions(tmp_path, rows),
+                                     progress=False)
+    by_source = report["goemotions"]["balanced_accuracy_by_source_and_layer"]
+    assert set(by_source) == {"stories", "labelled"} and set(by_source["labelled"]) == {"0", "1", "2", "3"}
+    assert "story part rebuilt per fold" in report["heldout_topics"]["method"]
+    write_validation_report(report, tmp_path / "out")
+    assert "Each source's own directions" in (tmp_path / "out" / "VALIDATION.md").read_text()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from emoreg.cli.common import add_model_arguments, parse_layers, parse_names
@@ -25,7 +26,28 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--stories", action="append", default=[], metavar="FILE",
                         help="JSONL/CSV/TSV of stories (emotion, topic, text); adds emotions or replaces the "
                              "built-in stories of the emotions it has; repeatable")
-    parser.add_argument("--no-builtin-stories", action="store_true", help="use only the --stories files")
+    parser.add_argument("--no-builtin-stories", action="store_true",
+                        help="use only the --stories (and --dialogues) files, no built-in stories or dialogues")
+    parser.add_argument("--sources", default=None,
+                        help="comma-separated example sources for the directions: stories, dialogues, labelled "
+                             "(default: stories, dialogues when there are any, labelled when --labelled is "
+                             "given); an emotion in several sources gets the mean of their unit directions")
+    parser.add_argument("--dialogues", action="append", default=[], metavar="FILE",
+                        help="JSONL/CSV/TSV of dialogues (emotion, topic, speaker, user, assistant); adds "
+                             "emotions or replaces the built-in dialogues of the emotions it has; repeatable")
+    parser.add_argument("--no-builtin-dialogues", action="store_true", help="use only the --dialogues files")
+    parser.add_argument("--labelled", metavar="FILE",
+                        help="human-written labelled text (JSONL/CSV/TSV, or a GoEmotions Ekman TSV with "
+                             "--labelled-format goemotions) as a source of directions")
+    parser.add_argument("--labelled-format", choices=["jsonl", "csv", "tsv", "goemotions"],
+                        help="format of --labelled (default: from the extension)")
+    parser.add_argument("--text-field", default="text", help="text column of --labelled (default: %(default)s)")
+    parser.add_argument("--label-field", default="label", help="label column of --labelled (default: %(default)s)")
+    parser.add_argument("--label-map", metavar="LABEL=EMOTION,...",
+                        help="map --labelled labels to emotions, e.g. joy=happy,sadness=sad (unmapped labels "
+                             "are skipped; without a map, labels are emotion names)")
+    parser.add_argument("--labelled-per-label", type=int, metavar="N",
+                        help="at most N rows per emotion from --labelled (seeded sample; default: all)")
     parser.add_argument("--neutral", metavar="FILE", help="JSONL/CSV/TSV of neutral texts (text) replacing the built-in ones")
     parser.add_argument("--token-offset", type=int, default=50,
                         help="average story tokens from this position on; short stories start at half their "
@@ -41,6 +63,13 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--default-layer", type=int, help="the bundle's default layer (default: about 2/3 of depth)")
     parser.add_argument("--goemotions", metavar="TSV",
                         help="GoEmotions Ekman TSV (e.g. ekman_dev.tsv) for the external validation check")
+    parser.add_argument("--valence", metavar="FILE",
+                        help="texts with human valence ratings for the validation report: a VADER ground-truth "
+                             "file (id<TAB>rating<TAB>text, e.g. tweets_GroundTruth.txt) or JSONL/CSV/TSV with "
+                             "text and valence fields")
+    parser.add_argument("--reply-agreement", action="store_true",
+                        help="validation: generate the model's replies to the built-in probe scenarios and compare "
+                             "the vectors' reading of them with the text-emotion classifier's (AUC per emotion)")
     parser.add_argument("--no-validate", action="store_true", help="skip the validation report")
     parser.add_argument("--seed", type=int, default=0, help="seed for the statistics sample (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -51,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
     from emoreg.errors import ConfigError
     from emoreg.models.loading import load_model_and_tokenizer, resolve_model_source
     from emoreg.vectors.corpus import Corpus, load_builtin_corpus, load_builtin_neutral, load_neutral, load_stories
+    from emoreg.vectors.dialogues import load_dialogues
+    from emoreg.vectors.extraction import SOURCES
+    from emoreg.vectors.labelled import load_labelled, parse_label_map
     from emoreg.vectors.extraction import ExtractionConfig, extract_emotion_vectors
     from emoreg.vectors.validation import build_validation_report, summarize, write_validation_report
 
@@ -66,11 +98,29 @@ def run(args: argparse.Namespace) -> int:
         corpus = load_builtin_corpus().with_stories(extra)
         if neutral is not None:
             corpus = corpus.with_neutral(neutral)
+    dialogues = [d for path in args.dialogues for d in load_dialogues(path)]
+    if args.no_builtin_dialogues:
+        corpus = replace(corpus, dialogues=[])
+    corpus = corpus.with_dialogues(dialogues)
+    if args.labelled:
+        labelled = load_labelled(args.labelled, text_field=args.text_field, label_field=args.label_field,
+                                 label_map=parse_label_map(args.label_map), file_format=args.labelled_format,
+                                 per_label=args.labelled_per_label, seed=args.seed)
+        corpus = corpus.with_labelled(labelled.texts, labelled.description)
+    sources = parse_names(args.sources) or (
+        ["stories"] + (["dialogues"] if corpus.dialogues else []) + (["labelled"] if args.labelled else []))
+    unknown = [name for name in sources if name not in SOURCES]
+    if unknown:
+        raise ConfigError(f"--sources: unknown source(s) {unknown}; choose from {list(SOURCES)}")
+    if "labelled" in sources and not args.labelled:
+        raise ConfigError("--sources includes 'labelled' but no --labelled FILE was given")
+    if "stories" not in sources and not args.no_builtin_stories and extra:
+        raise ConfigError("--stories was given but --sources does not include 'stories'")
     corpus = corpus.select(emotions)
     config = ExtractionConfig(
         layers=layers, token_offset=args.token_offset, sink_tokens=args.sink_tokens, batch_size=args.batch_size,
         max_length=args.max_length, pca_variance=args.pca_variance, max_pcs=args.max_pcs,
-        default_layer=args.default_layer, seed=args.seed,
+        default_layer=args.default_layer, seed=args.seed, sources=tuple(sources),
     )
     config.validate()
     source = resolve_model_source(args.model)
@@ -83,7 +133,13 @@ def run(args: argparse.Namespace) -> int:
     vectors = result.vectors
     report = None
     if not args.no_validate:
+        classifier = None
+        if args.reply_agreement:
+            from emoreg.textemotion import TextEmotionClassifier
+
+            classifier = TextEmotionClassifier.from_pretrained()
         report = build_validation_report(result, model, tokenizer, goemotions_path=args.goemotions,
+                                         valence_path=args.valence, reply_classifier=classifier,
                                          progress=not args.no_progress)
         vectors.validation = summarize(report)
     out = Path(args.out)

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from emoreg.errors import ConfigError
-from emoreg.vectors.validation import EKMAN_TO_EMOREG, read_goemotions_ekman
+from emoreg.vectors.labelled import EKMAN_TO_EMOREG, read_goemotions_ekman
 
 #: Ekman's six emotions -> the emoreg emotions summed into each.
 EKMAN_GROUPS: dict[str, tuple[str, ...]] = {

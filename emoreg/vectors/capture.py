@@ -36,6 +36,8 @@ class TokenizedBatch:
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     truncated: list[bool]
+    #: positions whose activations a reader should average (``tokenize_span_batches``); None: the reader's rule
+    selected: torch.Tensor | None = None
 
 
 def check_layers(model: nn.Module, layers: Sequence[int] | None) -> list[int]:
@@ -83,6 +85,56 @@ def tokenize_batches(
                 return_tensors="pt",
             )
             yield TokenizedBatch(indices, encoded["input_ids"], encoded["attention_mask"], truncated)
+
+
+def tokenize_span_batches(
+    tokenizer,
+    texts: Sequence[str],
+    spans: Sequence[tuple[int, int]],
+    *,
+    batch_size: int,
+    max_length: int,
+) -> Iterator[TokenizedBatch]:
+    """Like :func:`tokenize_batches` for rendered chats, with ``selected`` marking each text's span.
+
+    ``spans[i]`` is a character range of ``texts[i]``; a token is selected when its characters lie
+    inside it. No special tokens are added (a chat template writes its own). Padding follows the
+    tokenizer's ``padding_side``. Needs a fast tokenizer (offset mapping).
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    if len(texts) != len(spans):
+        raise ValueError(f"{len(texts)} texts but {len(spans)} spans")
+    if not getattr(tokenizer, "is_fast", False):
+        raise ConfigError("reading a span of a text needs a fast tokenizer (offset mapping); this one is not")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad_id is None:
+        raise ConfigError("the tokenizer has neither a pad token nor an EOS token to pad with")
+    left = getattr(tokenizer, "padding_side", "right") == "left"
+    lengths = [len(t) for t in texts]
+    window = batch_size * 16
+    for start in range(0, len(texts), window):
+        chunk = sorted(range(start, min(start + window, len(texts))), key=lambda i: -lengths[i])
+        for b in range(0, len(chunk), batch_size):
+            indices = chunk[b : b + batch_size]
+            encoded = tokenizer([texts[i] for i in indices], add_special_tokens=False, return_offsets_mapping=True)
+            rows = []
+            for i, ids, offsets in zip(indices, encoded["input_ids"], encoded["offset_mapping"]):
+                first, last = spans[i]
+                inside = [s >= first and e <= last and e > s for s, e in offsets]
+                rows.append((list(ids), inside))
+            truncated = [len(ids) > max_length for ids, _ in rows]
+            width = min(max(len(ids) for ids, _ in rows), max_length)
+            input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+            attention = torch.zeros((len(rows), width), dtype=torch.long)
+            selected = torch.zeros((len(rows), width), dtype=torch.bool)
+            for r, (ids, inside) in enumerate(rows):
+                ids, inside = ids[:max_length], inside[:max_length]
+                cols = slice(width - len(ids), width) if left else slice(0, len(ids))
+                input_ids[r, cols] = torch.tensor(ids, dtype=torch.long)
+                attention[r, cols] = 1
+                selected[r, cols] = torch.tensor(inside, dtype=torch.bool)
+            yield TokenizedBatch(indices, input_ids, attention, truncated, selected)
 
 
 @contextmanager

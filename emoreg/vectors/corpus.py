@@ -21,12 +21,14 @@ import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
 from emoreg.errors import DataFormatError
 from emoreg.utils.records import iter_records, require_text_field
+from emoreg.vectors.dialogues import Dialogue, load_dialogues
+from emoreg.vectors.labelled import LabelledText
 
 BUILTIN_EMOTIONS: tuple[str, ...] = (
     "happy", "sad", "afraid", "angry", "disgusted", "surprised", "ashamed", "guilty",
@@ -56,16 +58,25 @@ class NeutralText:
 
 @dataclass
 class Corpus:
-    """Stories per emotion, neutral texts and banned-word lists."""
+    """Stories per emotion, neutral texts and banned-word lists; optionally dialogues and labelled text.
+
+    Which of the three example sources an extraction reads is chosen by
+    ``ExtractionConfig.sources``; ``labelled_description`` records where the
+    labelled text came from (file, hash, label map) for the bundle.
+    """
 
     stories: list[Story]
     neutral: list[NeutralText]
     banned_words: dict[str, list[str]] = field(default_factory=dict)
+    dialogues: list[Dialogue] = field(default_factory=list)
+    labelled: list[LabelledText] = field(default_factory=list)
+    labelled_description: dict = field(default_factory=dict)
 
     @property
     def emotions(self) -> list[str]:
-        """Emotions in first-appearance order of the stories."""
-        return list(dict.fromkeys(story.emotion for story in self.stories))
+        """Emotions in first-appearance order of the stories, then of the dialogues and labelled texts."""
+        return list(dict.fromkeys([s.emotion for s in self.stories] + [d.emotion for d in self.dialogues]
+                                  + [t.emotion for t in self.labelled]))
 
     @property
     def topics(self) -> list[str]:
@@ -80,13 +91,19 @@ class Corpus:
         missing = [e for e in emotions if e not in known]
         if missing:
             raise DataFormatError(
-                f"emotions {missing} have no stories in the corpus; it has {self.emotions}"
+                f"emotions {missing} have no stories (nor dialogues or labelled texts) in the corpus; "
+                f"it has {self.emotions}"
             )
         wanted = set(emotions)
         order = {e: i for i, e in enumerate(emotions)}
         stories = sorted((s for s in self.stories if s.emotion in wanted), key=lambda s: order[s.emotion])
         banned = {e: w for e, w in self.banned_words.items() if e in wanted}
-        return Corpus(stories=stories, neutral=self.neutral, banned_words=banned)
+        return Corpus(
+            stories=stories, neutral=self.neutral, banned_words=banned,
+            dialogues=[d for d in self.dialogues if d.emotion in wanted],
+            labelled=[t for t in self.labelled if t.emotion in wanted],
+            labelled_description=dict(self.labelled_description),
+        )
 
     def with_stories(self, extra: Iterable[Story], replace_emotions: bool = True) -> "Corpus":
         """Add ``extra`` stories; with ``replace_emotions`` an emotion present in
@@ -94,11 +111,22 @@ class Corpus:
         extra = list(extra)
         replaced = {s.emotion for s in extra} if replace_emotions else set()
         kept = [s for s in self.stories if s.emotion not in replaced]
-        return Corpus(stories=kept + extra, neutral=self.neutral, banned_words=dict(self.banned_words))
+        return replace(self, stories=kept + extra, banned_words=dict(self.banned_words))
 
     def with_neutral(self, neutral: Sequence[NeutralText]) -> "Corpus":
         """Return a corpus whose neutral texts are ``neutral``."""
-        return Corpus(stories=list(self.stories), neutral=list(neutral), banned_words=dict(self.banned_words))
+        return replace(self, stories=list(self.stories), neutral=list(neutral), banned_words=dict(self.banned_words))
+
+    def with_dialogues(self, extra: Iterable[Dialogue], replace_emotions: bool = True) -> "Corpus":
+        """Add dialogues; with ``replace_emotions`` an emotion present in ``extra`` drops its existing ones."""
+        extra = list(extra)
+        replaced = {d.emotion for d in extra} if replace_emotions else set()
+        kept = [d for d in self.dialogues if d.emotion not in replaced]
+        return replace(self, dialogues=kept + extra)
+
+    def with_labelled(self, texts: Sequence[LabelledText], description: dict | None = None) -> "Corpus":
+        """Return a corpus whose labelled texts are ``texts`` (``description`` goes into the bundle)."""
+        return replace(self, labelled=list(texts), labelled_description=dict(description or {}))
 
     def content_hash(self) -> str:
         """SHA-256 of the stories and neutral texts (order-sensitive), for provenance."""
@@ -108,6 +136,14 @@ class Corpus:
         digest.update(b"\x00neutral\x00")
         for text in self.neutral:
             digest.update(json.dumps([text.topic, text.text]).encode())
+        if self.dialogues:  # absent from the hash of story-only corpora, so their hashes stay as they were
+            digest.update(b"\x00dialogues\x00")
+            for d in self.dialogues:
+                digest.update(json.dumps([d.emotion, d.topic, d.speaker, d.user, d.assistant]).encode())
+        if self.labelled:
+            digest.update(b"\x00labelled\x00")
+            for t in self.labelled:
+                digest.update(json.dumps([t.emotion, t.text]).encode())
         return digest.hexdigest()
 
     def validate(self, *, min_stories_per_emotion: int = 2, min_neutral: int = 2) -> None:
@@ -216,7 +252,19 @@ def load_builtin_corpus(emotions: Sequence[str] | None = None) -> Corpus:
     for emotion in BUILTIN_EMOTIONS if emotions is None else emotions:
         stories.extend(load_stories(root / "stories" / f"{emotion}.jsonl"))
         banned[emotion] = load_banned_words(root / "banned" / f"{emotion}.txt")
-    return Corpus(stories=stories, neutral=load_builtin_neutral(), banned_words=banned)
+    return Corpus(stories=stories, neutral=load_builtin_neutral(), banned_words=banned,
+                  dialogues=load_builtin_dialogues(emotions))
+
+
+def load_builtin_dialogues(emotions: Sequence[str] | None = None) -> list[Dialogue]:
+    """The shipped dialogue corpus (``data/corpus/dialogues``) for ``emotions`` (every file when ``None``)."""
+    root = builtin_corpus_dir() / "dialogues"
+    dialogues: list[Dialogue] = []
+    for emotion in BUILTIN_EMOTIONS if emotions is None else emotions:
+        path = root / f"{emotion}.jsonl"
+        if path.is_file():
+            dialogues.extend(load_dialogues(path))
+    return dialogues
 
 
 def load_builtin_neutral() -> list[NeutralText]:

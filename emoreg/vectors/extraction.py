@@ -32,11 +32,25 @@ from emoreg.errors import ConfigError, DataFormatError
 from emoreg.models.fingerprint import fingerprint_model
 from emoreg.models.layout import hidden_size, num_layers
 from emoreg.vectors.bundle import DEFAULT_PERCENTILES, EmotionVectors
-from emoreg.vectors.capture import TokenizedBatch, check_layers, forward_layers, tokenize_batches
+from emoreg.vectors.capture import (
+    TokenizedBatch,
+    check_layers,
+    forward_layers,
+    tokenize_batches,
+    tokenize_span_batches,
+)
 from emoreg.vectors.corpus import Corpus
+from emoreg.vectors.dialogues import render_dialogue
 from emoreg.vectors.tokens import content_mask, masked_mean, offset_mask
 
 logger = logging.getLogger(__name__)
+
+#: Example sources a direction can be built from, and how each reads its texts.
+SOURCES = {
+    "stories": "story tokens from the token offset on (short stories: from half their length)",
+    "dialogues": "tokens of the read turn's content in the chat-template rendering (assistant or user turn)",
+    "labelled": "every token of each labelled text but the attention sink",
+}
 
 
 @dataclass
@@ -54,8 +68,15 @@ class ExtractionConfig:
     percentiles: tuple[float, ...] = DEFAULT_PERCENTILES
     stat_sample_tokens: int = 50_000
     seed: int = 0
+    #: which of the corpus's example sources build the directions: "stories", "dialogues", "labelled"
+    sources: tuple[str, ...] = ("stories",)
 
     def validate(self) -> None:
+        unknown = [s for s in self.sources if s not in SOURCES]
+        if unknown or not self.sources:
+            raise ConfigError(f"sources must be a non-empty subset of {list(SOURCES)}, got {list(self.sources)}")
+        if len(set(self.sources)) != len(self.sources):
+            raise ConfigError(f"sources must not repeat, got {list(self.sources)}")
         if self.token_offset < 0:
             raise ConfigError(f"token_offset must be >= 0, got {self.token_offset}")
         if self.sink_tokens < 0:
@@ -83,6 +104,19 @@ class ExtractionResult:
     story_emotions: list[str]
     story_topics: list[str]
     neutral_bases: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [d, k] float32
+    #: each source's own unit directions ``[layers, its emotions, d]`` and emotions, before combining
+    source_directions: dict[str, torch.Tensor] = field(default_factory=dict)
+    source_emotions: dict[str, list[str]] = field(default_factory=dict)
+    #: each source's neutral-text projection mean and std ``[layers, its emotions]`` (several sources only)
+    source_stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+    def source_vectors(self) -> dict[str, EmotionVectors]:
+        """Each source's own directions as a bundle (with mean/std statistics), to validate them alone."""
+        return {
+            name: EmotionVectors(self.source_directions[name], self.source_emotions[name], self.vectors.layers,
+                                 default_layer=self.vectors.default_layer, stats_mean=mean, stats_std=std)
+            for name, (mean, std) in self.source_stats.items()
+        }
     seconds: float = 0.0
     tokens: int = 0
 
@@ -134,7 +168,10 @@ def extract_emotion_vectors(
     """
     config = config or ExtractionConfig()
     config.validate()
-    corpus.validate()
+    if "stories" in config.sources:
+        corpus.validate()
+    elif len(corpus.neutral) < 2:
+        raise DataFormatError(f"the corpus needs at least 2 neutral texts for denoising; it has {len(corpus.neutral)}")
     layers = check_layers(model, config.layers)
     default_layer = config.default_layer
     if default_layer is None:
@@ -142,22 +179,16 @@ def extract_emotion_vectors(
     elif default_layer not in layers:
         raise ConfigError(f"default_layer {default_layer} is not among the extracted layers {layers}")
     start_time = time.perf_counter()
-    emotions = corpus.emotions
+    sources = {name: _source_examples(corpus, name, tokenizer) for name in config.sources}
+    emotions = list(dict.fromkeys(e for examples in sources.values() for e in examples.emotions))
+    n_layers = len(layers)
+    d = hidden_size(model)
+    layer_pos = {layer: i for i, layer in enumerate(layers)}
     token_count = 0
 
-    # Pass 1: per-story means from the offset on -> per-emotion sums.
-    story_texts = [s.text for s in corpus.stories]
-    story_labels = torch.tensor([emotions.index(s.emotion) for s in corpus.stories])
-    n_layers, n_emotions = len(layers), len(emotions)
-    d = hidden_size(model)
-    emotion_sums = torch.zeros(n_layers, n_emotions, d, dtype=torch.float64)
-    story_means = torch.zeros(len(story_texts), n_layers, d, dtype=torch.float16) if keep_story_means else None
-    layer_pos = {layer: i for i, layer in enumerate(layers)}
-
-    def run(texts: list[str], desc: str, make_reducer) -> int:
+    def run(batches, n_texts: int, desc: str, make_reducer) -> int:
         tokens = 0
-        batches = tokenize_batches(tokenizer, texts, batch_size=config.batch_size, max_length=config.max_length)
-        bar = tqdm(total=len(texts), desc=desc, unit="text", disable=not progress)
+        bar = tqdm(total=n_texts, desc=desc, unit="text", disable=not progress)
         truncated = 0
         for batch in batches:
             reducer = make_reducer(batch)
@@ -168,37 +199,60 @@ def extract_emotion_vectors(
         bar.close()
         if truncated:
             logger.warning("%d of %d texts were longer than max_length=%d tokens and were truncated",
-                           truncated, len(texts), config.max_length)
+                           truncated, n_texts, config.max_length)
         return tokens
 
-    def story_reducer(batch: TokenizedBatch):
-        mask = offset_mask(batch.attention_mask, config.token_offset, config.sink_tokens)
-        empty = [batch.indices[i] for i in range(len(batch.indices)) if not mask[i].any()]
-        if empty:
-            raise DataFormatError(
-                f"stories {empty[:5]} have no tokens left after the first {config.sink_tokens} (attention sink); "
-                "they are too short"
-            )
-        labels = story_labels[batch.indices]
-        index = torch.tensor(batch.indices)
+    # Pass 1: per-example means (each source's token rule) -> per-source, per-emotion sums.
+    source_means: dict[str, torch.Tensor] = {}  # name -> [L, its emotions, d] float64
+    story_means = None
+    for name, examples in sources.items():
+        labels = torch.tensor([examples.emotions.index(e) for e in examples.labels])
+        sums = torch.zeros(n_layers, len(examples.emotions), d, dtype=torch.float64)
+        kept = None
+        if keep_story_means and name == "stories":
+            kept = story_means = torch.zeros(len(examples.texts), n_layers, d, dtype=torch.float16)
 
-        def reduce(layer: int, hidden: torch.Tensor) -> None:
-            means, _ = masked_mean(hidden, mask.to(hidden.device))
-            means = means.cpu()
-            emotion_sums[layer_pos[layer]].index_add_(0, labels, means.to(torch.float64))
-            if story_means is not None:
-                story_means[index, layer_pos[layer]] = means.to(torch.float16)
+        def example_reducer(batch: TokenizedBatch, labels=labels, sums=sums, kept=kept, name=name):
+            if batch.selected is not None:
+                mask = batch.selected & content_mask(batch.attention_mask, config.sink_tokens)
+            elif name == "stories":
+                mask = offset_mask(batch.attention_mask, config.token_offset, config.sink_tokens)
+            else:
+                mask = content_mask(batch.attention_mask, config.sink_tokens)
+            empty = [batch.indices[i] for i in range(len(batch.indices)) if not mask[i].any()]
+            if empty:
+                raise DataFormatError(
+                    f"{name} {empty[:5]} have no tokens left to average after the first {config.sink_tokens} "
+                    "(attention sink); they are too short"
+                )
+            batch_labels = labels[batch.indices]
+            index = torch.tensor(batch.indices)
 
-        return reduce
+            def reduce(layer: int, hidden: torch.Tensor) -> None:
+                means, _ = masked_mean(hidden, mask.to(hidden.device))
+                means = means.cpu()
+                sums[layer_pos[layer]].index_add_(0, batch_labels, means.to(torch.float64))
+                if kept is not None:
+                    kept[index, layer_pos[layer]] = means.to(torch.float16)
 
-    token_count += run(story_texts, "emoreg extract: stories", story_reducer)
-    _check_finite(emotion_sums, layers, "story")
-    counts = torch.bincount(story_labels, minlength=n_emotions).to(torch.float64)
-    emotion_means = emotion_sums / counts[None, :, None]  # [L, E, d]
-    raw = emotion_means - emotion_means.mean(dim=1, keepdim=True)
+            return reduce
+
+        if examples.spans is not None:
+            batches = tokenize_span_batches(tokenizer, examples.texts, examples.spans,
+                                            batch_size=config.batch_size, max_length=config.max_length)
+        else:
+            batches = tokenize_batches(tokenizer, examples.texts, batch_size=config.batch_size,
+                                       max_length=config.max_length)
+        token_count += run(batches, len(examples.texts), f"emoreg extract: {name}", example_reducer)
+        _check_finite(sums, layers, name)
+        counts = torch.bincount(labels, minlength=len(examples.emotions)).to(torch.float64)
+        source_means[name] = sums / counts[None, :, None]
 
     # Pass 2: neutral token moments -> principal components to project out.
     neutral_texts = [t.text for t in corpus.neutral]
+    def _neutral_batches():
+        return tokenize_batches(tokenizer, neutral_texts, batch_size=config.batch_size, max_length=config.max_length)
+
     n_tokens = torch.zeros(n_layers, dtype=torch.float64)
     sum_x = torch.zeros(n_layers, d, dtype=torch.float64)
     sum_xx = torch.zeros(n_layers, d, d, dtype=torch.float64)
@@ -218,22 +272,30 @@ def extract_emotion_vectors(
 
     need_pca = config.pca_variance > 0 and config.max_pcs != 0
     if need_pca:
-        token_count += run(neutral_texts, "emoreg extract: neutral PCA", moment_reducer)
+        token_count += run(_neutral_batches(), len(neutral_texts), "emoreg extract: neutral PCA", moment_reducer)
         _check_finite(sum_xx, layers, "neutral")
-    directions = torch.zeros(n_layers, n_emotions, d, dtype=torch.float32)
+    n_emotions = len(emotions)
     bases: dict[int, torch.Tensor] = {}
     pca_report: dict[str, Any] = {}
     for layer, i in layer_pos.items():
-        vectors = raw[i]
         if need_pca:
             basis, explained = _principal_components(sum_x[i], sum_xx[i], n_tokens[i], config)
-            vectors = vectors - (vectors @ basis) @ basis.T
-            bases[layer] = basis.to(torch.float32)
+            bases[layer] = basis
             pca_report[str(layer)] = {"components": int(basis.shape[1]), "variance_explained": round(explained, 4)}
-        norms = vectors.norm(dim=-1, keepdim=True)
-        if (norms == 0).any():
-            raise DataFormatError(f"an emotion's direction vanished at layer {layer} (identical stories?)")
-        directions[i] = (vectors / norms).to(torch.float32)
+    # Each source: its emotions' means minus their mean, neutral PCs projected out, unit norm.
+    source_directions: dict[str, torch.Tensor] = {}
+    for name, means in source_means.items():
+        unit = torch.zeros(means.shape, dtype=torch.float64)
+        for layer, i in layer_pos.items():
+            unit[i] = _unit_directions(means[i] - means[i].mean(dim=0, keepdim=True), bases.get(layer), layer, name)
+        source_directions[name] = unit
+    # Combined: per emotion, the mean of the unit directions of the sources that have it, renormalised.
+    combined = torch.zeros(n_layers, n_emotions, d, dtype=torch.float64)
+    for name, unit in source_directions.items():
+        for j, emotion in enumerate(sources[name].emotions):
+            combined[:, emotions.index(emotion)] += unit[:, j]
+    directions = _unit_directions(combined, None, None, "combined").to(torch.float32)
+    bases = {layer: basis.to(torch.float32) for layer, basis in bases.items()}
 
     # Pass 3: base-model projection statistics on neutral text.
     proj_sum = torch.zeros(n_layers, n_emotions, dtype=torch.float64)
@@ -241,6 +303,11 @@ def extract_emotion_vectors(
     proj_n = torch.zeros(n_layers, dtype=torch.float64)
     generator = torch.Generator().manual_seed(config.seed)
     samples = {layer: _UniformSample(config.stat_sample_tokens, generator) for layer in layers}
+
+    # Each source's own directions get mean and std too, so validation can score them alone (several sources only).
+    per_source = {name: unit.to(torch.float32) for name, unit in source_directions.items()} if len(sources) > 1 else {}
+    source_sum = {name: torch.zeros(n_layers, unit.shape[1], dtype=torch.float64) for name, unit in per_source.items()}
+    source_sq = {name: torch.zeros(n_layers, unit.shape[1], dtype=torch.float64) for name, unit in per_source.items()}
 
     def stats_reducer(batch: TokenizedBatch):
         mask = content_mask(batch.attention_mask, config.sink_tokens)
@@ -253,16 +320,19 @@ def extract_emotion_vectors(
             proj_sq[i] += (proj.to(torch.float64) ** 2).sum(0)
             proj_n[i] += proj.shape[0]
             samples[layer].add(proj)
+            for name, unit in per_source.items():
+                own = (x @ unit[i].to(x.device).T).cpu().to(torch.float64)
+                source_sum[name][i] += own.sum(0)
+                source_sq[name][i] += (own**2).sum(0)
 
         return reduce
 
-    token_count += run(neutral_texts, "emoreg extract: neutral statistics", stats_reducer)
+    token_count += run(_neutral_batches(), len(neutral_texts), "emoreg extract: neutral statistics", stats_reducer)
     _check_finite(proj_sq, layers, "neutral")
     if (proj_n < 2).any():
         raise DataFormatError("the neutral texts have fewer than 2 tokens after the attention sink; add neutral text")
-    mean = proj_sum / proj_n[:, None]
-    var = (proj_sq / proj_n[:, None] - mean**2).clamp(min=0)
-    std = var.sqrt().clamp(min=1e-6)
+    mean, std = _mean_and_std(proj_sum, proj_sq, proj_n)
+    source_stats = {name: _mean_and_std(source_sum[name], source_sq[name], proj_n) for name in per_source}
     levels = torch.tensor(config.percentiles, dtype=torch.float32) / 100
     percentiles = torch.stack(
         [torch.quantile(samples[layer].result(), levels, dim=0).T for layer in layers]
@@ -274,9 +344,11 @@ def extract_emotion_vectors(
         layers=layers,
         default_layer=default_layer,
         percentiles=list(config.percentiles),
+        sources=list(config.sources),
         method="difference of means (emotion mean minus mean over emotions), neutral PCs projected out",
         offset_rule="each story averages real tokens from min(token_offset, n_tokens // 2) on, never the sink tokens",
-        stories_per_emotion={e: int(c) for e, c in zip(emotions, counts.tolist())},
+        combine="per emotion, the mean of the unit directions of the sources that have it, renormalised",
+        source_details={name: examples.describe() for name, examples in sources.items()},
         topics=len(corpus.topics),
         neutral_texts=len(corpus.neutral),
         neutral_tokens=int(proj_n[0]),
@@ -285,6 +357,8 @@ def extract_emotion_vectors(
         seconds=round(seconds, 2),
         model=model_description or "",
     )
+    if "stories" in sources:
+        extraction["stories_per_emotion"] = sources["stories"].describe()["per_emotion"]
     vectors = EmotionVectors(
         directions,
         emotions,
@@ -301,12 +375,76 @@ def extract_emotion_vectors(
     return ExtractionResult(
         vectors=vectors,
         story_means=story_means,
-        story_emotions=[s.emotion for s in corpus.stories],
-        story_topics=[s.topic for s in corpus.stories],
+        story_emotions=[s.emotion for s in corpus.stories] if "stories" in sources else [],
+        story_topics=[s.topic for s in corpus.stories] if "stories" in sources else [],
         neutral_bases=bases,
+        source_directions={name: unit.to(torch.float32) for name, unit in source_directions.items()},
+        source_emotions={name: list(examples.emotions) for name, examples in sources.items()},
+        source_stats={name: (m.to(torch.float32), sd.to(torch.float32)) for name, (m, sd) in source_stats.items()},
         seconds=seconds,
         tokens=token_count,
     )
+
+
+@dataclass
+class _SourceExamples:
+    """One source's texts as the model reads them, their emotions, and (dialogues) the spans to average."""
+
+    name: str
+    texts: list[str]
+    labels: list[str]
+    spans: list[tuple[int, int]] | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def emotions(self) -> list[str]:
+        return list(dict.fromkeys(self.labels))
+
+    def describe(self) -> dict[str, Any]:
+        counts = {e: self.labels.count(e) for e in self.emotions}
+        return {"examples": len(self.texts), "per_emotion": counts, "token_rule": SOURCES[self.name], **self.details}
+
+
+def _source_examples(corpus: Corpus, name: str, tokenizer) -> _SourceExamples:
+    """The corpus's examples of source ``name``, checked to support a difference of means."""
+    if name == "stories":
+        examples = _SourceExamples(name, [s.text for s in corpus.stories], [s.emotion for s in corpus.stories])
+    elif name == "dialogues":
+        rendered = [render_dialogue(tokenizer, dialogue) for dialogue in corpus.dialogues]
+        speakers = {sp: sum(d.speaker == sp for d in corpus.dialogues) for sp in ("user", "assistant")}
+        examples = _SourceExamples(name, [text for text, _ in rendered], [d.emotion for d in corpus.dialogues],
+                                   spans=[span for _, span in rendered], details={"turns_read": speakers})
+    else:
+        examples = _SourceExamples(name, [t.text for t in corpus.labelled], [t.emotion for t in corpus.labelled],
+                                   details=dict(corpus.labelled_description))
+    counts = {e: examples.labels.count(e) for e in examples.emotions}
+    if not examples.texts:
+        raise DataFormatError(f"the source {name!r} was selected but the corpus has no {name}")
+    thin = {e: n for e, n in counts.items() if n < 2}
+    if thin:
+        raise DataFormatError(f"every emotion of the {name} source needs at least 2 examples; too few for {thin}")
+    if len(counts) < 2:
+        raise DataFormatError(
+            f"difference-of-means extraction needs at least 2 emotions per source; {name} has {sorted(counts)}"
+        )
+    return examples
+
+
+def _unit_directions(raw: torch.Tensor, basis: torch.Tensor | None, layer: int | None, what: str) -> torch.Tensor:
+    """``raw`` ``[..., d]`` with ``basis``'s components projected out, unit-normalised (float64)."""
+    if basis is not None:
+        raw = raw - (raw @ basis) @ basis.T
+    norms = raw.norm(dim=-1, keepdim=True)
+    if (norms == 0).any():
+        where = f" at layer {layer}" if layer is not None else ""
+        raise DataFormatError(f"an emotion's direction vanished{where} in the {what} directions (identical texts?)")
+    return raw / norms
+
+
+def _mean_and_std(total: torch.Tensor, squares: torch.Tensor, n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    mean = total / n[:, None]
+    var = (squares / n[:, None] - mean**2).clamp(min=0)
+    return mean, var.sqrt().clamp(min=1e-6)
 
 
 def _principal_components(

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -31,41 +30,34 @@ from emoreg.models.layout import final_norm_and_unembedding
 from emoreg.vectors.bundle import EmotionVectors
 from emoreg.vectors.capture import forward_layers, tokenize_batches
 from emoreg.vectors.extraction import ExtractionResult
+from emoreg.vectors.labelled import EKMAN_TO_EMOREG, read_goemotions_ekman
 from emoreg.vectors.tokens import content_mask, masked_mean
 
 logger = logging.getLogger(__name__)
-
-#: GoEmotions' Ekman labels mapped to emoreg emotion names.
-EKMAN_TO_EMOREG = {
-    "joy": "happy",
-    "sadness": "sad",
-    "fear": "afraid",
-    "anger": "angry",
-    "disgust": "disgusted",
-    "surprise": "surprised",
-}
-
 
 # --------------------------------------------------------------------------- held-out topics
 def heldout_topic_accuracy(result: ExtractionResult) -> dict[str, Any]:
     """Leave-one-topic-out classification of stories by their nearest direction.
 
-    For each topic, directions are rebuilt from the stories of all *other*
-    topics (same recipe, same neutral components projected out); each held-out
-    story is assigned the emotion whose direction has the largest projection
-    of the story's mean activation, centred on the training mean over
-    emotions. Returns accuracy per layer and the confusion matrix at the
+    For each topic, the story part of the directions is rebuilt from the stories of all *other*
+    topics (same recipe, same neutral components projected out) and, for a bundle built from
+    several sources, combined with the other sources' directions as the extraction combines them
+    (those sources never contain the held-out stories); each held-out story is assigned the
+    emotion whose direction has the largest projection of the story's mean activation, centred on
+    the training mean over emotions. Returns accuracy per layer and the confusion matrix at the
     default layer (rows: true emotion, columns: predicted).
     """
     if result.story_means is None:
         raise ValueError("extraction was run without keep_story_means=True")
     vectors = result.vectors
-    emotions = vectors.emotions
+    emotions = list(dict.fromkeys(result.story_emotions))
     labels = torch.tensor([emotions.index(e) for e in result.story_emotions])
     topics = sorted(set(result.story_topics))
     topic_of = [topics.index(t) for t in result.story_topics]
     topic_idx = torch.tensor(topic_of)
     n_emotions = len(emotions)
+    others = [(result.source_directions[name], result.source_emotions[name])
+              for name in result.source_directions if name != "stories"]
     predictions = torch.full((len(vectors.layers), len(labels)), -1, dtype=torch.long)
     for li, layer in enumerate(vectors.layers):
         x = result.story_means[:, li].to(torch.float32)
@@ -82,6 +74,12 @@ def heldout_topic_accuracy(result: ExtractionResult) -> dict[str, Any]:
             if basis is not None and basis.shape[1] > 0:
                 raw = raw - (raw @ basis) @ basis.T
             directions = raw / raw.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+            for source_directions, source_emotions in others:
+                directions = directions.clone()
+                for j, emotion in enumerate(source_emotions):
+                    if emotion in emotions:
+                        directions[emotions.index(emotion)] += source_directions[li, j].to(torch.float32)
+            directions = directions / directions.norm(dim=-1, keepdim=True).clamp(min=1e-12)
             scores = (x[test] - centre) @ directions.T
             predictions[li, test] = scores.argmax(-1)
     accuracy = {str(layer): float((predictions[i] == labels).float().mean()) for i, layer in enumerate(vectors.layers)}
@@ -94,7 +92,9 @@ def heldout_topic_accuracy(result: ExtractionResult) -> dict[str, Any]:
     }
     best_layer = max(vectors.layers, key=lambda layer: accuracy[str(layer)])
     return {
-        "method": "leave-one-topic-out; nearest direction of the centred story mean",
+        "method": "leave-one-topic-out; nearest direction of the centred story mean"
+                  + ("; story part rebuilt per fold and combined with the other sources' directions" if others else ""),
+        "emotions": emotions,
         "topics": len(topics),
         "stories": len(labels),
         "chance": 1.0 / n_emotions,
@@ -165,46 +165,6 @@ def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 # --------------------------------------------------------------------------- GoEmotions
-@dataclass
-class LabelledTexts:
-    texts: list[str]
-    labels: list[str]
-    neutral: list[str]  # single-label rows marked neutral (no emotion label is used from them)
-
-
-def read_goemotions_ekman(path: str | Path, labels_path: str | Path | None = None) -> LabelledTexts:
-    """Single-label, non-neutral rows of a GoEmotions Ekman TSV (``text<TAB>ids<TAB>id``).
-
-    Label ids index ``ekman_labels.txt`` next to the TSV (or ``labels_path``).
-    """
-    path = Path(path)
-    labels_path = Path(labels_path) if labels_path else path.parent / "ekman_labels.txt"
-    if not labels_path.is_file():
-        raise DataFormatError(f"{labels_path}: label list not found (one Ekman label per line)")
-    names = [line.strip() for line in labels_path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    texts, labels, neutral = [], [], []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            parts = line.rstrip("\n").split("\t")
-            if len(parts) < 2:
-                raise DataFormatError(f"{path}, line {number}: expected text<TAB>label ids, got {line[:60]!r}")
-            ids = [p for p in parts[1].split(",") if p.strip()]
-            if len(ids) != 1:
-                continue
-            try:
-                label = names[int(ids[0])]
-            except (ValueError, IndexError):
-                raise DataFormatError(f"{path}, line {number}: label id {ids[0]!r} is not in {labels_path}") from None
-            if label in EKMAN_TO_EMOREG:
-                texts.append(parts[0])
-                labels.append(EKMAN_TO_EMOREG[label])
-            elif label == "neutral":
-                neutral.append(parts[0])
-    if not texts:
-        raise DataFormatError(f"{path}: no single-label, non-neutral rows found")
-    return LabelledTexts(texts, labels, neutral)
-
-
 def mean_projections(
     model: nn.Module,
     tokenizer,
@@ -237,15 +197,52 @@ def mean_projections(
     return out
 
 
+def mean_activations(
+    model: nn.Module,
+    tokenizer,
+    texts: Sequence[str],
+    layers: Sequence[int],
+    *,
+    sink_tokens: int = 1,
+    batch_size: int = 16,
+    max_length: int = 512,
+    progress: bool = True,
+    desc: str = "emoreg: activations",
+) -> dict[int, torch.Tensor]:
+    """Mean activation of each text's tokens (sink excluded): ``{layer: [texts, d]}`` (float16, CPU)."""
+    out: dict[int, torch.Tensor] = {}
+    bar = tqdm(total=len(texts), desc=desc, unit="text", disable=not progress)
+    for batch in tokenize_batches(tokenizer, texts, batch_size=batch_size, max_length=max_length):
+        mask = content_mask(batch.attention_mask, sink_tokens)
+        index = torch.tensor(batch.indices)
+
+        def reduce(layer: int, hidden: torch.Tensor, mask=mask, index=index) -> None:
+            means, _ = masked_mean(hidden, mask.to(hidden.device))
+            if layer not in out:
+                out[layer] = torch.zeros(len(texts), means.shape[-1], dtype=torch.float16)
+            out[layer][index] = means.cpu().to(torch.float16)
+
+        forward_layers(model, batch, layers, reduce)
+        bar.update(len(batch.indices))
+    bar.close()
+    return out
+
+
+def _zscores(activations: torch.Tensor, directions: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    return (activations.to(torch.float32) @ directions.T - mean) / std
+
+
 def goemotions_check(model: nn.Module, tokenizer, vectors: EmotionVectors, path: str | Path, *,
                      batch_size: int = 16, progress: bool = True, sink_tokens: int = 1,
-                     max_neutral: int = 1000) -> dict[str, Any]:
+                     max_neutral: int = 1000, sources: dict[str, EmotionVectors] | None = None) -> dict[str, Any]:
     """Six-way balanced accuracy of the argmax over the Ekman emotions' projections, per layer.
 
     The primary score standardises projections with the bundle's own base-model statistics (neutral
     dialogues). A secondary score standardises them against the file's own neutral rows (in-domain
     Reddit text; their labels say only "neutral", no emotion label is used), which separates "the
     directions carry the emotion" from "the baseline differs between dialogues and Reddit comments".
+    ``sources`` (each source's own directions, with statistics) are scored the same way, per layer,
+    where they have all six emotions.
     """
     data = read_goemotions_ekman(path)
     six = [e for e in EKMAN_TO_EMOREG.values()]
@@ -253,22 +250,34 @@ def goemotions_check(model: nn.Module, tokenizer, vectors: EmotionVectors, path:
     if missing:
         raise DataFormatError(f"the GoEmotions check needs the emotions {missing}, which the bundle lacks")
     sub = vectors.subset(emotions=six)
-    projections = mean_projections(model, tokenizer, sub, data.texts, batch_size=batch_size, progress=progress,
-                                   sink_tokens=sink_tokens, desc="emoreg validate: GoEmotions")
+    activations = mean_activations(model, tokenizer, data.texts, sub.layers, sink_tokens=sink_tokens,
+                                   batch_size=batch_size, progress=progress, desc="emoreg validate: GoEmotions")
     truth = torch.tensor([six.index(label) for label in data.labels])
     neutral_texts = data.neutral[:max_neutral]
-    neutral = mean_projections(model, tokenizer, sub, neutral_texts, batch_size=batch_size, progress=progress,
-                               sink_tokens=sink_tokens, desc="emoreg validate: GoEmotions neutral rows") \
-        if len(neutral_texts) >= 10 else None
+    neutral = mean_activations(model, tokenizer, neutral_texts, sub.layers, sink_tokens=sink_tokens,
+                               batch_size=batch_size, progress=progress,
+                               desc="emoreg validate: GoEmotions neutral rows") if len(neutral_texts) >= 10 else None
     raw_acc, z_acc, domain_acc = {}, {}, {}
-    for layer, proj in projections.items():
+    for layer in sub.layers:
+        proj = activations[layer].to(torch.float32) @ sub.directions(layer).T
         raw_acc[str(layer)] = _balanced_accuracy(proj.argmax(-1), truth, len(six))
         if sub.has_stats:
             z_acc[str(layer)] = _balanced_accuracy(sub.standardize(proj, layer).argmax(-1), truth, len(six))
         if neutral is not None:
-            baseline = neutral[layer]
+            baseline = neutral[layer].to(torch.float32) @ sub.directions(layer).T
             z_domain = (proj - baseline.mean(0)) / baseline.std(0).clamp(min=1e-6)
             domain_acc[str(layer)] = _balanced_accuracy(z_domain.argmax(-1), truth, len(six))
+    by_source = {}
+    for name, source in (sources or {}).items():
+        if not set(six) <= set(source.emotions):
+            continue
+        part = source.subset(emotions=six)
+        by_source[name] = {
+            str(layer): _balanced_accuracy(part.standardize(activations[layer].to(torch.float32)
+                                                            @ part.directions(layer).T, layer).argmax(-1),
+                                           truth, len(six))
+            for layer in part.layers if layer in activations
+        }
     primary = z_acc or raw_acc
     return {
         "file": str(path),
@@ -279,9 +288,148 @@ def goemotions_check(model: nn.Module, tokenizer, vectors: EmotionVectors, path:
         "balanced_accuracy_by_layer": primary,
         "balanced_accuracy_raw_by_layer": raw_acc,
         "balanced_accuracy_domain_neutral_by_layer": domain_acc,
+        "balanced_accuracy_by_source_and_layer": by_source,
         "domain_neutral_rows": len(neutral_texts) if neutral is not None else 0,
         "default_layer_balanced_accuracy": primary[str(vectors.default_layer)],
     }
+
+
+# --------------------------------------------------------------------------- valence from human ratings
+def read_rated_texts(path: str | Path) -> tuple[list[str], list[float]]:
+    """Texts with a human valence rating: a VADER ground-truth file (``id<TAB>mean rating<TAB>text``,
+    no header: Hutto & Gilbert 2014, MIT licence, shipped in the ``vaderSentiment`` sdist) or a
+    JSONL/CSV/TSV file with ``text`` and ``valence`` fields."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataFormatError(f"{path}: no such file")
+    texts, ratings = [], []
+    if path.suffix.lower() == ".txt":
+        for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+            if not line.strip():
+                continue
+            parts = line.split("\t")
+            try:
+                rating = float(parts[1])
+            except (IndexError, ValueError):
+                raise DataFormatError(f"{path}, line {number}: expected id<TAB>rating<TAB>text, got {line[:60]!r}") \
+                    from None
+            texts.append("\t".join(parts[2:]).strip())
+            ratings.append(rating)
+    else:
+        from emoreg.utils.records import iter_records, require_text_field
+
+        for number, record in iter_records(path):
+            texts.append(require_text_field(path, number, record, "text"))
+            try:
+                ratings.append(float(record.get("valence")))
+            except (TypeError, ValueError):
+                raise DataFormatError(f"{path}, line {number}: field 'valence' must be a number, "
+                                      f"got {record.get('valence')!r:.40}") from None
+    keep = [i for i, t in enumerate(texts) if t]
+    if len(keep) < 10:
+        raise DataFormatError(f"{path}: the valence check needs at least 10 rated texts, found {len(keep)}")
+    return [texts[i] for i in keep], [ratings[i] for i in keep]
+
+
+def valence_check(model: nn.Module, tokenizer, vectors: EmotionVectors, path: str | Path, *,
+                  max_rows: int | None = 1000, seed: int = 0, batch_size: int = 16, progress: bool = True,
+                  sink_tokens: int = 1, positive: str = "happy", negative: str = "sad") -> dict[str, Any]:
+    """Spearman correlation of the (``positive`` - ``negative``) z-reading with human valence ratings, per layer.
+
+    At most ``max_rows`` texts, a seeded random sample (never hand-picked)."""
+    for emotion in (positive, negative):
+        if emotion not in vectors.emotions:
+            raise DataFormatError(f"the valence check needs the emotion {emotion!r}, which the bundle lacks")
+    texts, ratings = read_rated_texts(path)
+    if max_rows is not None and len(texts) > max_rows:
+        generator = torch.Generator().manual_seed(seed)
+        keep = sorted(torch.randperm(len(texts), generator=generator)[:max_rows].tolist())
+        texts, ratings = [texts[i] for i in keep], [ratings[i] for i in keep]
+    sub = vectors.subset(emotions=[positive, negative])
+    activations = mean_activations(model, tokenizer, texts, sub.layers, sink_tokens=sink_tokens,
+                                   batch_size=batch_size, progress=progress, desc="emoreg validate: valence")
+    target = torch.tensor(ratings, dtype=torch.float64)
+    rho = {}
+    for layer in sub.layers:
+        z = sub.standardize(activations[layer].to(torch.float32) @ sub.directions(layer).T, layer)
+        rho[str(layer)] = spearman(z[:, 0] - z[:, 1], target)
+    best = max(rho, key=lambda k: rho[k])
+    return {
+        "file": str(path),
+        "rows": len(texts),
+        "reading": f"z({positive}) - z({negative}), mean over tokens (sink excluded)",
+        "spearman_by_layer": rho,
+        "default_layer_spearman": rho[str(vectors.default_layer)],
+        "best_layer": int(best),
+        "best_layer_spearman": rho[best],
+    }
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman rank correlation (average ranks for ties)."""
+    return _pearson(_ranks(a.to(torch.float64)), _ranks(b.to(torch.float64)))
+
+
+def _ranks(values: torch.Tensor) -> torch.Tensor:
+    order = values.argsort()
+    ranks = torch.empty_like(values)
+    ranks[order] = torch.arange(len(values), dtype=torch.float64)
+    for value in values.unique():  # ties share their average rank
+        tied = values == value
+        if tied.sum() > 1:
+            ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+# --------------------------------------------------------------------------- the model's own replies
+def reply_agreement(model: nn.Module, tokenizer, vectors: EmotionVectors, conversations, *, classifier,
+                    layer: int | None = None, max_new_tokens: int = 48, batch_size: int = 8,
+                    sink_tokens: int = 1, top_fraction: float = 0.25) -> dict[str, Any]:
+    """Do the vectors read the emotion of the model's own replies as the text classifier does?
+
+    The model answers ``conversations`` (greedy); each reply is read twice: by the bundle (mean
+    z-score over the reply's tokens at ``layer``) and by the text-emotion ``classifier`` (its most
+    emotion-laden sentence). Per emotion, AUC of the vector reading for telling the replies the
+    classifier ranks in its top ``top_fraction`` for that emotion from the rest.
+    """
+    from emoreg.evals.activations import encode_pairs, pad_token_id, read_token_states
+    from emoreg.evals.generation import GenerationSettings, generate_replies, render_conversation
+
+    layer = vectors.default_layer if layer is None else layer
+    replies = generate_replies(model, tokenizer, conversations, GenerationSettings(max_new_tokens=max_new_tokens),
+                               batch_size=batch_size)
+    prompts = [render_conversation(tokenizer, c) for c in conversations]
+    readings = read_token_states(model, encode_pairs(tokenizer, prompts, replies), [layer],
+                                 pad_id=pad_token_id(tokenizer), batch_size=batch_size, sink_tokens=sink_tokens)
+    kept = readings.response_tokens > 0
+    emotions = [e for e in vectors.emotions if e in classifier.emotions]
+    sub = vectors.subset(emotions=emotions)
+    z = sub.standardize(readings.response[layer] @ sub.directions(layer).T, layer)[kept]
+    sentences = classifier.sentence_proba([r for r, k in zip(replies, kept.tolist()) if k])
+    text_scores = torch.stack([p.max(dim=0).values for p in sentences])  # [N, classifier emotions]
+    auc, rho = {}, {}
+    for i, emotion in enumerate(emotions):
+        scores = text_scores[:, classifier.emotion_index(emotion)]
+        cut = torch.quantile(scores, 1 - top_fraction)
+        positive = scores >= cut
+        auc[emotion] = _auc(z[positive, i], z[~positive, i]) if 0 < positive.sum() < len(scores) else float("nan")
+        rho[emotion] = spearman(z[:, i], scores)
+    valid = [v for v in auc.values() if v == v]
+    return {
+        "layer": layer,
+        "replies": int(kept.sum()),
+        "max_new_tokens": max_new_tokens,
+        "method": f"AUC of the reply-mean z-score for the classifier's top {top_fraction:.0%} replies per emotion",
+        "auc": auc,
+        "spearman": rho,
+        "mean_auc": sum(valid) / len(valid) if valid else float("nan"),
+    }
+
+
+def _auc(positive: torch.Tensor, negative: torch.Tensor) -> float:
+    """P(a positive scores above a negative), ties counted half."""
+    diff = positive[:, None] - negative[None, :]
+    return float(((diff > 0).to(torch.float64) + 0.5 * (diff == 0).to(torch.float64)).mean())
 
 
 def _balanced_accuracy(predicted: torch.Tensor, truth: torch.Tensor, classes: int) -> float:
@@ -290,46 +438,80 @@ def _balanced_accuracy(predicted: torch.Tensor, truth: torch.Tensor, classes: in
 
 
 # --------------------------------------------------------------------------- report
+def builtin_reply_prompts() -> list[list[dict[str, str]]]:
+    """Conversations for the reply-agreement check: the built-in probe scenarios (pressure and control)."""
+    from emoreg.evals.suites.probes import load_scenarios
+
+    path = resources.files("emoreg") / "data" / "evals" / "probes" / "scenarios.jsonl"
+    return [item["messages"] for item in load_scenarios(Path(str(path)))]
+
+
 def build_validation_report(
     result: ExtractionResult,
     model: nn.Module,
     tokenizer,
     *,
     goemotions_path: str | Path | None = None,
+    valence_path: str | Path | None = None,
+    reply_classifier=None,
     progress: bool = True,
     batch_size: int = 16,
 ) -> dict[str, Any]:
-    """Run every check and return the report (a JSON-serialisable dict)."""
+    """Run every check and return the report (a JSON-serialisable dict).
+
+    ``goemotions_path`` adds the GoEmotions transfer check (per layer, and per source for bundles
+    built from several), ``valence_path`` the correlation with human valence ratings
+    (:func:`read_rated_texts`), ``reply_classifier`` (a text-emotion classifier) the agreement
+    between the vectors' and the classifier's reading of the model's own replies.
+    """
     vectors = result.vectors
+    sink_tokens = int(vectors.extraction.get("sink_tokens", 1))
     report: dict[str, Any] = {
         "default_layer": vectors.default_layer,
         "emotions": vectors.emotions,
-        "heldout_topics": heldout_topic_accuracy(result),
+        "sources": list(vectors.extraction.get("sources", ["stories"])),
         "logit_lens": logit_lens(vectors, model, tokenizer),
         "valence_arousal": valence_arousal(vectors),
     }
+    if result.story_means is not None and result.story_emotions:
+        report["heldout_topics"] = heldout_topic_accuracy(result)
     if goemotions_path is not None:
         report["goemotions"] = goemotions_check(model, tokenizer, vectors, goemotions_path,
-                                                batch_size=batch_size, progress=progress,
-                                                sink_tokens=int(vectors.extraction.get("sink_tokens", 1)))
+                                                batch_size=batch_size, progress=progress, sink_tokens=sink_tokens,
+                                                sources=result.source_vectors())
+    if valence_path is not None:
+        report["valence_ratings"] = valence_check(model, tokenizer, vectors, valence_path, batch_size=batch_size,
+                                                  progress=progress, sink_tokens=sink_tokens)
+    if reply_classifier is not None:
+        report["reply_agreement"] = reply_agreement(model, tokenizer, vectors, builtin_reply_prompts(),
+                                                    classifier=reply_classifier, sink_tokens=sink_tokens)
     return report
 
 
 def summarize(report: dict[str, Any]) -> dict[str, Any]:
     """The short validation summary stored in ``bundle.json``."""
-    held = report["heldout_topics"]
-    summary = {
-        "heldout_topic_accuracy_default_layer": round(held["default_layer_accuracy"], 4),
-        "heldout_topic_best_layer": held["best_layer"],
-        "heldout_topic_best_accuracy": round(held["best_layer_accuracy"], 4),
-        "heldout_chance": round(held["chance"], 4),
-        "r_pc1_valence": round(report["valence_arousal"].get("r_pc1_valence", float("nan")), 3),
-        "r_pc2_arousal": round(report["valence_arousal"].get("r_pc2_arousal", float("nan")), 3),
-    }
+    summary: dict[str, Any] = {}
+    if "heldout_topics" in report:
+        held = report["heldout_topics"]
+        summary.update(
+            heldout_topic_accuracy_default_layer=round(held["default_layer_accuracy"], 4),
+            heldout_topic_best_layer=held["best_layer"],
+            heldout_topic_best_accuracy=round(held["best_layer_accuracy"], 4),
+            heldout_chance=round(held["chance"], 4),
+        )
+    summary.update(
+        r_pc1_valence=round(report["valence_arousal"].get("r_pc1_valence", float("nan")), 3),
+        r_pc2_arousal=round(report["valence_arousal"].get("r_pc2_arousal", float("nan")), 3),
+    )
     if "goemotions" in report:
         summary["goemotions_balanced_accuracy_default_layer"] = round(
             report["goemotions"]["default_layer_balanced_accuracy"], 4)
         summary["goemotions_chance"] = round(report["goemotions"]["chance"], 4)
+    if "valence_ratings" in report:
+        summary["valence_spearman_default_layer"] = round(report["valence_ratings"]["default_layer_spearman"], 3)
+        summary["valence_rows"] = report["valence_ratings"]["rows"]
+    if "reply_agreement" in report:
+        summary["reply_agreement_mean_auc"] = round(report["reply_agreement"]["mean_auc"], 3)
     return summary
 
 
@@ -347,13 +529,22 @@ def write_validation_report(report: dict[str, Any], directory: str | Path) -> li
 
 
 def _markdown(report: dict[str, Any]) -> str:
-    held = report["heldout_topics"]
     layer = report["default_layer"]
     lines = [
         "# Emotion-vector validation",
         "",
-        f"Default layer: **{layer}**. Emotions: {len(report['emotions'])}.",
+        f"Default layer: **{layer}**. Emotions: {len(report['emotions'])}. "
+        f"Sources: {', '.join(report.get('sources', ['stories']))}.",
         "",
+    ]
+    if "heldout_topics" in report:
+        lines += _heldout_markdown(report["heldout_topics"], layer)
+    lines += _external_markdown(report, layer)
+    return "\n".join(lines + _structure_markdown(report))
+
+
+def _heldout_markdown(held: dict[str, Any], layer: int) -> list[str]:
+    lines = [
         "## Held-out-topic story classification",
         f"{held['method']}; {held['stories']} stories over {held['topics']} topics; chance {held['chance']:.1%}.",
         "",
@@ -366,6 +557,11 @@ def _markdown(report: dict[str, Any]) -> str:
     lines += [f"| {k} | {v:.1%} |" for k, v in held["accuracy_by_layer"].items()]
     lines += ["", "Recall per emotion at the default layer:", "",
               ", ".join(f"{e} {r:.0%}" for e, r in held["per_emotion_recall_default_layer"].items()), ""]
+    return lines
+
+
+def _external_markdown(report: dict[str, Any], layer: int) -> list[str]:
+    lines: list[str] = []
     if "goemotions" in report:
         go = report["goemotions"]
         lines += [
@@ -381,8 +577,41 @@ def _markdown(report: dict[str, Any]) -> str:
             f"({max(go['balanced_accuracy_by_layer'].values()):.1%})",
             "",
         ]
+        by_source = go.get("balanced_accuracy_by_source_and_layer") or {}
+        if by_source:
+            names = list(by_source)
+            lines += ["Each source's own directions (same protocol; the bundle combines them):", "",
+                      "| layer | bundle | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+            lines += [f"| {k} | {v:.1%} | " + " | ".join(f"{by_source[n].get(k, float('nan')):.1%}" for n in names)
+                      + " |" for k, v in go["balanced_accuracy_by_layer"].items()]
+            lines.append("")
+    if "valence_ratings" in report:
+        va = report["valence_ratings"]
+        lines += [
+            "## Valence: human ratings",
+            f"{va['rows']} rated texts from `{va['file']}`; Spearman correlation of {va['reading']} with the "
+            "mean human valence rating.",
+            "",
+            f"- default layer {layer}: rho = **{va['default_layer_spearman']:.3f}**",
+            f"- best layer {va['best_layer']}: rho = {va['best_layer_spearman']:.3f}",
+            "",
+        ]
+    if "reply_agreement" in report:
+        ra = report["reply_agreement"]
+        lines += [
+            "## The model's own replies: vectors against the text-emotion classifier",
+            f"{ra['replies']} greedy replies ({ra['max_new_tokens']} tokens) to the built-in probe scenarios, "
+            f"layer {ra['layer']}; {ra['method']}. Mean AUC **{ra['mean_auc']:.3f}** (0.5 = no agreement).",
+            "",
+            ", ".join(f"{e} {v:.2f}" for e, v in sorted(ra["auc"].items(), key=lambda kv: -kv[1])),
+            "",
+        ]
+    return lines
+
+
+def _structure_markdown(report: dict[str, Any]) -> list[str]:
     va = report["valence_arousal"]
-    lines += [
+    lines = [
         "## Valence and arousal",
         f"PC1 explains {va['pc_variance_explained'][0]:.1%} of the directions' variance, PC2 "
         f"{va['pc_variance_explained'][1]:.1%}. Correlation with approximate ratings: "
@@ -396,7 +625,7 @@ def _markdown(report: dict[str, Any]) -> str:
     ]
     lines += [f"- **{e}**: {', '.join(tokens)}" for e, tokens in report["logit_lens"].items()]
     lines += ["", "Plots: `accuracy_by_layer.png`, `confusion.png`, `valence_arousal.png`.", ""]
-    return "\n".join(lines)
+    return lines
 
 
 def _plots(report: dict[str, Any], directory: Path) -> list[Path]:
@@ -406,15 +635,19 @@ def _plots(report: dict[str, Any], directory: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     paths = []
-    held = report["heldout_topics"]
-    layers = [int(k) for k in held["accuracy_by_layer"]]
+    held = report.get("heldout_topics")
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(layers, list(held["accuracy_by_layer"].values()), marker="o", label="held-out-topic stories")
-    ax.axhline(held["chance"], linestyle=":", color="grey", label="chance (stories)")
+    if held is not None:
+        layers = [int(k) for k in held["accuracy_by_layer"]]
+        ax.plot(layers, list(held["accuracy_by_layer"].values()), marker="o", label="held-out-topic stories")
+        ax.axhline(held["chance"], linestyle=":", color="grey", label="chance (stories)")
     if "goemotions" in report:
         go = report["goemotions"]
         ax.plot([int(k) for k in go["balanced_accuracy_by_layer"]], list(go["balanced_accuracy_by_layer"].values()),
                 marker="s", label="GoEmotions balanced accuracy")
+        for name, by_layer in (go.get("balanced_accuracy_by_source_and_layer") or {}).items():
+            ax.plot([int(k) for k in by_layer], list(by_layer.values()), linestyle="--", alpha=0.7,
+                    label=f"GoEmotions, {name} directions alone")
         ax.axhline(go["chance"], linestyle="--", color="grey", label="chance (GoEmotions)")
     ax.axvline(report["default_layer"], color="black", alpha=0.3)
     ax.set_xlabel("layer")
@@ -427,21 +660,8 @@ def _plots(report: dict[str, Any], directory: Path) -> list[Path]:
     fig.savefig(paths[-1], dpi=120)
     plt.close(fig)
 
-    emotions = report["emotions"]
-    confusion = torch.tensor(held["confusion_default_layer"], dtype=torch.float32)
-    confusion = confusion / confusion.sum(1, keepdim=True).clamp(min=1)
-    fig, ax = plt.subplots(figsize=(8, 7))
-    image = ax.imshow(confusion.numpy(), cmap="viridis", vmin=0, vmax=1)
-    ax.set_xticks(range(len(emotions)), emotions, rotation=90, fontsize=7)
-    ax.set_yticks(range(len(emotions)), emotions, fontsize=7)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(f"Held-out-topic confusion at layer {report['default_layer']} (row-normalised)")
-    fig.colorbar(image, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    paths.append(directory / "confusion.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    if held is not None:
+        paths.append(_confusion_plot(held, report["default_layer"], directory))
 
     coords = report["valence_arousal"]["coordinates"]
     fig, ax = plt.subplots(figsize=(7, 6))
@@ -456,3 +676,25 @@ def _plots(report: dict[str, Any], directory: Path) -> list[Path]:
     fig.savefig(paths[-1], dpi=120)
     plt.close(fig)
     return paths
+
+
+def _confusion_plot(held: dict[str, Any], default_layer: int, directory: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    emotions = held.get("emotions", [])
+    confusion = torch.tensor(held["confusion_default_layer"], dtype=torch.float32)
+    confusion = confusion / confusion.sum(1, keepdim=True).clamp(min=1)
+    fig, ax = plt.subplots(figsize=(8, 7))
+    image = ax.imshow(confusion.numpy(), cmap="viridis", vmin=0, vmax=1)
+    ax.set_xticks(range(len(emotions)), emotions, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(emotions)), emotions, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"Held-out-topic confusion at layer {default_layer} (row-normalised)")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    path = directory / "confusion.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
