@@ -295,3 +295,26 @@ def test_source_errors(tiny_llama, tiny_tokenizer):
     with pytest.raises(DataFormatError, match="at least 2 emotions per source; labelled has"):
         extract_emotion_vectors(tiny_llama, tiny_tokenizer, corpus, ExtractionConfig(sources=("labelled",)),
                                 progress=False)
+
+
+def test_labelled_neutral_rows_are_the_baseline_not_an_emotion(tiny_llama, tiny_tokenizer):
+    from emoreg.vectors.labelled import LabelledText
+
+    texts = [LabelledText("happy", "so glad we won today"), LabelledText("happy", "best party ever, cake!"),
+             LabelledText("sad", "the dog is gone"), LabelledText("sad", "rain and an empty room"),
+             LabelledText("neutral", "the bus leaves at nine"), LabelledText("neutral", "add two cups of flour")]
+    corpus = synthetic_corpus().with_labelled(texts)
+    result = extract_emotion_vectors(tiny_llama, tiny_tokenizer, corpus,
+                                     ExtractionConfig(pca_variance=0.0, sources=("labelled",)), progress=False)
+    assert result.vectors.emotions == ["happy", "sad"]
+    layer = 2  # (hidden_states[-1] is after the final norm)
+    means = []
+    for item in texts:
+        mask, hidden = _hidden_states(tiny_llama, tiny_tokenizer, [item.text])
+        means.append(hidden[layer + 1][0][content_mask(mask)[0]].mean(0))
+    baseline = (means[4] + means[5]) / 2
+    expected = torch.stack([(means[0] + means[1]) / 2 - baseline, (means[2] + means[3]) / 2 - baseline])
+    expected = expected / expected.norm(dim=-1, keepdim=True)
+    torch.testing.assert_close(result.vectors.directions(layer), expected, atol=1e-4, rtol=1e-4)
+    details = result.vectors.extraction["source_details"]["labelled"]
+    assert details["baseline"] == "the mean of the rows labelled neutral" and details["per_emotion"]["neutral"] == 2

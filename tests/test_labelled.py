@@ -73,10 +73,12 @@ def test_errors_name_the_file_line_and_field(tmp_path):
 def test_goemotions_format(tmp_path):
     (tmp_path / "ekman_labels.txt").write_text("anger\ndisgust\nfear\njoy\nneutral\nsadness\nsurprise\n")
     tsv = tmp_path / "train.tsv"
-    tsv.write_text("so glad\t3\ta\nugh no\t0\tb\nyay\t3\tc\ngrr\t0\td\nboth\t0,3\te\nplain\t4\tf\n")
+    tsv.write_text("so glad\t3\ta\nugh no\t0\tb\nyay\t3\tc\ngrr\t0\td\nboth\t0,3\te\nplain\t4\tf\n"
+                   "ok then\t4\tg\n")
     data = load_labelled(tsv, file_format="goemotions")
     assert [(t.emotion, t.text) for t in data.texts] == [("happy", "so glad"), ("angry", "ugh no"), ("happy", "yay"),
-                                                         ("angry", "grr")]
+                                                         ("angry", "grr"), ("neutral", "plain"), ("neutral", "ok then")]
+    assert data.emotions == ["happy", "angry"]  # neutral rows are the baseline, not an emotion
     assert data.description["format"] == "goemotions" and data.description["label_map"]["joy"] == "happy"
     raw = read_goemotions_ekman(tsv)
-    assert raw.neutral == ["plain"] and raw.labels == ["happy", "angry", "happy", "angry"]
+    assert raw.neutral == ["plain", "ok then"] and raw.labels == ["happy", "angry", "happy", "angry"]

@@ -41,6 +41,7 @@ from emoreg.vectors.capture import (
 )
 from emoreg.vectors.corpus import Corpus
 from emoreg.vectors.dialogues import render_dialogue
+from emoreg.vectors.labelled import NEUTRAL
 from emoreg.vectors.tokens import content_mask, masked_mean, offset_mask
 
 logger = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ logger = logging.getLogger(__name__)
 SOURCES = {
     "stories": "story tokens from the token offset on (short stories: from half their length)",
     "dialogues": "tokens of the read turn's content in the chat-template rendering (assistant or user turn)",
-    "labelled": "every token of each labelled text but the attention sink",
+    "labelled": "every token of each labelled text but the attention sink; rows labelled neutral are the baseline",
 }
 
 
@@ -206,8 +207,8 @@ def extract_emotion_vectors(
     source_means: dict[str, torch.Tensor] = {}  # name -> [L, its emotions, d] float64
     story_means = None
     for name, examples in sources.items():
-        labels = torch.tensor([examples.emotions.index(e) for e in examples.labels])
-        sums = torch.zeros(n_layers, len(examples.emotions), d, dtype=torch.float64)
+        labels = torch.tensor([examples.classes.index(e) for e in examples.labels])
+        sums = torch.zeros(n_layers, len(examples.classes), d, dtype=torch.float64)
         kept = None
         if keep_story_means and name == "stories":
             kept = story_means = torch.zeros(len(examples.texts), n_layers, d, dtype=torch.float16)
@@ -245,8 +246,8 @@ def extract_emotion_vectors(
                                        max_length=config.max_length)
         token_count += run(batches, len(examples.texts), f"emoreg extract: {name}", example_reducer)
         _check_finite(sums, layers, name)
-        counts = torch.bincount(labels, minlength=len(examples.emotions)).to(torch.float64)
-        source_means[name] = sums / counts[None, :, None]
+        counts = torch.bincount(labels, minlength=len(examples.classes)).to(torch.float64)
+        source_means[name] = sums / counts[None, :, None]  # [L, classes, d]
 
     # Pass 2: neutral token moments -> principal components to project out.
     neutral_texts = [t.text for t in corpus.neutral]
@@ -282,12 +283,17 @@ def extract_emotion_vectors(
             basis, explained = _principal_components(sum_x[i], sum_xx[i], n_tokens[i], config)
             bases[layer] = basis
             pca_report[str(layer)] = {"components": int(basis.shape[1]), "variance_explained": round(explained, 4)}
-    # Each source: its emotions' means minus their mean, neutral PCs projected out, unit norm.
+    # Each source: its emotions' means minus their mean (or minus its neutral rows' mean, when it has them),
+    # neutral PCs projected out, unit norm.
     source_directions: dict[str, torch.Tensor] = {}
     for name, means in source_means.items():
-        unit = torch.zeros(means.shape, dtype=torch.float64)
+        classes = sources[name].classes
+        keep = [classes.index(e) for e in sources[name].emotions]
+        unit = torch.zeros(n_layers, len(keep), d, dtype=torch.float64)
         for layer, i in layer_pos.items():
-            unit[i] = _unit_directions(means[i] - means[i].mean(dim=0, keepdim=True), bases.get(layer), layer, name)
+            baseline = sources[name].baseline
+            centre = means[i, classes.index(baseline)] if baseline else means[i, keep].mean(dim=0)
+            unit[i] = _unit_directions(means[i, keep] - centre, bases.get(layer), layer, name)
         source_directions[name] = unit
     # Combined: per emotion, the mean of the unit directions of the sources that have it, renormalised.
     combined = torch.zeros(n_layers, n_emotions, d, dtype=torch.float64)
@@ -395,13 +401,20 @@ class _SourceExamples:
     labels: list[str]
     spans: list[tuple[int, int]] | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    #: a label whose rows are the baseline the emotions are measured against (not an emotion); None: their mean
+    baseline: str | None = None
+
+    @property
+    def classes(self) -> list[str]:
+        """Every label, the neutral baseline included (the rows of the per-class sums)."""
+        return list(dict.fromkeys(self.labels))
 
     @property
     def emotions(self) -> list[str]:
-        return list(dict.fromkeys(self.labels))
+        return [label for label in self.classes if label != self.baseline]
 
     def describe(self) -> dict[str, Any]:
-        counts = {e: self.labels.count(e) for e in self.emotions}
+        counts = {e: self.labels.count(e) for e in self.classes}
         return {"examples": len(self.texts), "per_emotion": counts, "token_rule": SOURCES[self.name], **self.details}
 
 
@@ -417,13 +430,16 @@ def _source_examples(corpus: Corpus, name: str, tokenizer) -> _SourceExamples:
     else:
         examples = _SourceExamples(name, [t.text for t in corpus.labelled], [t.emotion for t in corpus.labelled],
                                    details=dict(corpus.labelled_description))
-    counts = {e: examples.labels.count(e) for e in examples.emotions}
+        if NEUTRAL in examples.labels:
+            examples.baseline = NEUTRAL
+            examples.details["baseline"] = "the mean of the rows labelled neutral"
+    counts = {e: examples.labels.count(e) for e in examples.classes}
     if not examples.texts:
         raise DataFormatError(f"the source {name!r} was selected but the corpus has no {name}")
     thin = {e: n for e, n in counts.items() if n < 2}
     if thin:
         raise DataFormatError(f"every emotion of the {name} source needs at least 2 examples; too few for {thin}")
-    if len(counts) < 2:
+    if len(counts) < 2 or not examples.emotions:
         raise DataFormatError(
             f"difference-of-means extraction needs at least 2 emotions per source; {name} has {sorted(counts)}"
         )

@@ -7,9 +7,16 @@ counted. ``per_label`` caps each emotion's rows with a seeded, class-balanced
 sample (kept in file order), so one large class cannot dominate and the
 extraction stays fast.
 
+Rows whose label maps to ``neutral`` are the baseline: the labelled source's
+direction for an emotion is then its mean minus the neutral rows' mean (instead
+of minus the mean over emotions), which keeps what the emotions share (the
+genre, the platform) out of every direction. ``neutral`` never becomes an
+emotion of the bundle.
+
 GoEmotions' Ekman files (``text<TAB>label ids<TAB>id`` without a header, label
 names in ``ekman_labels.txt`` beside them) are read by
-:func:`read_goemotions_ekman`; multi-label rows are skipped.
+:func:`read_goemotions_ekman`; multi-label rows are skipped, single-label
+neutral rows are kept as the baseline.
 """
 
 from __future__ import annotations
@@ -23,6 +30,9 @@ from typing import Any
 
 from emoreg.errors import ConfigError, DataFormatError
 from emoreg.utils.records import iter_records, require_text_field
+
+#: The label (after mapping) of baseline rows: no emotion.
+NEUTRAL = "neutral"
 
 #: GoEmotions' Ekman labels mapped to emoreg emotion names.
 EKMAN_TO_EMOREG = {
@@ -52,7 +62,8 @@ class LabelledSet:
 
     @property
     def emotions(self) -> list[str]:
-        return list(dict.fromkeys(t.emotion for t in self.texts))
+        """The emotions labelled (the neutral baseline excluded)."""
+        return list(dict.fromkeys(t.emotion for t in self.texts if t.emotion != NEUTRAL))
 
 
 @dataclass
@@ -139,8 +150,8 @@ def load_labelled(
     skipped: Counter[str] = Counter()
     if file_format == "goemotions":
         data = read_goemotions_ekman(path)
-        pairs = list(zip(data.labels, data.texts))
-        used_map = dict(EKMAN_TO_EMOREG)
+        pairs = list(zip(data.labels, data.texts)) + [(NEUTRAL, text) for text in data.neutral]
+        used_map = {**EKMAN_TO_EMOREG, NEUTRAL: NEUTRAL}
     else:
         used_map = dict(label_map or {})
         for number, record in iter_records(path, file_format):
@@ -158,6 +169,8 @@ def load_labelled(
     by_emotion: dict[str, list[int]] = {}
     for index, (emotion, _) in enumerate(pairs):
         by_emotion.setdefault(emotion, []).append(index)
+    if len(set(by_emotion) - {NEUTRAL}) < 1:
+        raise DataFormatError(f"{path}: only neutral rows were found; label some rows with emotions")
     thin = {e: len(rows) for e, rows in by_emotion.items() if len(rows) < 2}
     if thin:
         raise DataFormatError(f"{path}: every emotion needs at least 2 labelled rows; too few for {thin}")
@@ -183,6 +196,6 @@ def load_labelled(
 
 
 __all__ = [
-    "EKMAN_TO_EMOREG", "LabelledSet", "LabelledText", "LabelledTexts", "load_labelled", "parse_label_map",
+    "EKMAN_TO_EMOREG", "NEUTRAL", "LabelledSet", "LabelledText", "LabelledTexts", "load_labelled", "parse_label_map",
     "read_goemotions_ekman",
 ]
