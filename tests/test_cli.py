@@ -89,6 +89,10 @@ def test_scan_missing_field_fails_cleanly(tmp_path, bundle_dir, model_dir, capsy
         (["--layers", "0,9"], "out of range: the model has 4 decoder layers"),
         (["--emotions", "happy,smug"], "emotions ['smug'] have no stories"),
         (["--layers", "x"], "--layers: expected"),
+        (["--sources", "stories,labelled"], "--sources includes 'labelled' but no --labelled FILE was given"),
+        (["--sources", "stories,poems"], "--sources: unknown source(s) ['poems']"),
+        (["--label-map", "joy"], "must look like LABEL=EMOTION"),
+        (["--label-map", "joy=happy"], "--label-map only applies to --labelled FILE, which was not given"),
     ],
 )
 def test_extract_bad_input_exits_non_zero_and_writes_nothing(tmp_path, model_dir, corpus_files, capsys, args, message):
@@ -99,6 +103,29 @@ def test_extract_bad_input_exits_non_zero_and_writes_nothing(tmp_path, model_dir
     assert code == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_extract_from_dialogues_and_labelled_text(tmp_path, model_dir, corpus_files):
+    dialogues = tmp_path / "d.jsonl"
+    dialogues.write_text("".join(
+        json.dumps({"emotion": e, "topic": f"t{k}", "speaker": "assistant", "user": f"Question {k}?",
+                    "assistant": f"{e} reply number {k}, said with feeling."}) + "\n"
+        for e in ("happy", "sad") for k in range(2)))
+    labelled = tmp_path / "l.csv"
+    labelled.write_text("post,tag\nwe won the cup,joy\nbest day ever,joy\nshe left me,sadness\nall gone now,sadness\n"
+                        "the bus is at nine,none\nflour and eggs,none\n")
+    out = tmp_path / "v"
+    code = main(["extract", "--model", str(model_dir), "--out", str(out), *_own_corpus(corpus_files),
+                 "--dialogues", str(dialogues), "--labelled", str(labelled), "--text-field", "post",
+                 "--label-field", "tag", "--label-map", "joy=happy,sadness=sad,none=neutral", "--no-validate"])
+    assert code == 0
+    vectors = EmotionVectors.from_pretrained(out)
+    assert vectors.extraction["sources"] == ["stories", "dialogues", "labelled"]
+    details = vectors.extraction["source_details"]
+    assert details["dialogues"]["turns_read"] == {"user": 0, "assistant": 4}
+    assert details["labelled"]["per_emotion"] == {"happy": 2, "sad": 2, "neutral": 2}
+    assert details["labelled"]["label_map"] == {"joy": "happy", "sadness": "sad", "none": "neutral"}
+    assert vectors.emotions == ["happy", "sad", "afraid"]
 
 
 def test_malformed_corpus_file_names_the_line(tmp_path, model_dir, capsys):

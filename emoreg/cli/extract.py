@@ -98,17 +98,22 @@ def run(args: argparse.Namespace) -> int:
         corpus = load_builtin_corpus().with_stories(extra)
         if neutral is not None:
             corpus = corpus.with_neutral(neutral)
+    label_map = parse_label_map(args.label_map)
+    if not args.labelled:
+        stray = [flag for flag, value in (("--label-map", args.label_map), ("--labelled-format", args.labelled_format),
+                                          ("--labelled-per-label", args.labelled_per_label)) if value is not None]
+        if stray:
+            raise ConfigError(f"{', '.join(stray)} only applies to --labelled FILE, which was not given")
     dialogues = [d for path in args.dialogues for d in load_dialogues(path)]
     if args.no_builtin_dialogues:
         corpus = replace(corpus, dialogues=[])
     corpus = corpus.with_dialogues(dialogues)
     if args.labelled:
         labelled = load_labelled(args.labelled, text_field=args.text_field, label_field=args.label_field,
-                                 label_map=parse_label_map(args.label_map), file_format=args.labelled_format,
+                                 label_map=label_map, file_format=args.labelled_format,
                                  per_label=args.labelled_per_label, seed=args.seed)
         corpus = corpus.with_labelled(labelled.texts, labelled.description)
-    sources = parse_names(args.sources) or (
-        ["stories"] + (["dialogues"] if corpus.dialogues else []) + (["labelled"] if args.labelled else []))
+    sources = parse_names(args.sources) or list(ExtractionConfig().resolved_sources(corpus))
     unknown = [name for name in sources if name not in SOURCES]
     if unknown:
         raise ConfigError(f"--sources: unknown source(s) {unknown}; choose from {list(SOURCES)}")

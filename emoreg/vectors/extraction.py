@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -69,15 +69,18 @@ class ExtractionConfig:
     percentiles: tuple[float, ...] = DEFAULT_PERCENTILES
     stat_sample_tokens: int = 50_000
     seed: int = 0
-    #: which of the corpus's example sources build the directions: "stories", "dialogues", "labelled"
-    sources: tuple[str, ...] = ("stories",)
+    #: which of the corpus's example sources build the directions ("stories", "dialogues", "labelled");
+    #: None: every source the corpus has examples for
+    sources: tuple[str, ...] | None = None
 
     def validate(self) -> None:
-        unknown = [s for s in self.sources if s not in SOURCES]
-        if unknown or not self.sources:
-            raise ConfigError(f"sources must be a non-empty subset of {list(SOURCES)}, got {list(self.sources)}")
-        if len(set(self.sources)) != len(self.sources):
-            raise ConfigError(f"sources must not repeat, got {list(self.sources)}")
+        if self.sources is not None:
+            unknown = [s for s in self.sources if s not in SOURCES]
+            if unknown or not self.sources:
+                raise ConfigError(f"sources must be a non-empty subset of {list(SOURCES)}, got {list(self.sources)}")
+            if len(set(self.sources)) != len(self.sources):
+                raise ConfigError(f"sources must not repeat, got {list(self.sources)}")
+
         if self.token_offset < 0:
             raise ConfigError(f"token_offset must be >= 0, got {self.token_offset}")
         if self.sink_tokens < 0:
@@ -94,6 +97,13 @@ class ExtractionConfig:
             raise ConfigError(f"percentiles must lie in [0, 100], got {self.percentiles}")
         if self.stat_sample_tokens < 100:
             raise ConfigError(f"stat_sample_tokens must be >= 100, got {self.stat_sample_tokens}")
+
+    def resolved_sources(self, corpus: Corpus) -> tuple[str, ...]:
+        """``sources``, or every source ``corpus`` has examples for (in the order of :data:`SOURCES`)."""
+        if self.sources is not None:
+            return tuple(self.sources)
+        present = {"stories": corpus.stories, "dialogues": corpus.dialogues, "labelled": corpus.labelled}
+        return tuple(name for name in SOURCES if present[name]) or ("stories",)
 
 
 @dataclass
@@ -169,6 +179,7 @@ def extract_emotion_vectors(
     """
     config = config or ExtractionConfig()
     config.validate()
+    config = replace(config, sources=config.resolved_sources(corpus))
     if "stories" in config.sources:
         corpus.validate()
     elif len(corpus.neutral) < 2:
