@@ -4,9 +4,12 @@ A recipe is a YAML file (OmegaConf: ``${...}`` interpolation works) whose keys f
 
     model:   {ref: default, dtype: float32, gradient_checkpointing: false,
               lora: {enabled: false, r: 8, alpha: 16, dropout: 0.05, target_modules: all-linear}}
-    data:    {source: desperate_sft, split: train, limit: 32}
+    data:    {source: desperate_sft, split: train, limit: 32,
+              screen: null}   # or {emotions: {desperate: 1.0}, max_z: 2.0, mode: drop, layer: null} (sft, dpo)
     trainer: {type: sft, args: {max_steps: 8, ...}, reward_funcs: [...], reward_weights: null}
     emoreg:  {enabled: true, vectors: default, regularizer: {emotions: {desperate: 1.0}, kind: hinge, ...}}
+    frozen_reader: null   # or {emotions: {desperate: 1.0}, layer: null, threshold: 0.0} with the
+                          # GRPO reward `emotion_reading` in trainer.reward_funcs
     eval:    {enabled: false, suites: [probes], every_n_steps: null, limit: 20, ...}
     output_dir: runs/sft
     seed: 0
@@ -17,6 +20,12 @@ override such as ``trainer.args.max_step=4``) is a :class:`~emoreg.errors.Config
 dotted key, a close match and the valid keys. ``trainer.args`` is checked against the fields of the TRL
 config class of ``trainer.type`` (``trl.SFTConfig``, ``trl.DPOConfig``, ``trl.GRPOConfig``) and
 ``emoreg.regularizer`` against :class:`~emoreg.regularization.config.RegularizerConfig`.
+
+``data.screen`` and ``frozen_reader`` regularise with no gradient through the reader: a frozen copy of
+``model.ref`` reads emotions with the ``emoreg.vectors`` bundle (also when ``emoreg.enabled`` is false), to
+drop SFT/DPO rows before training (:mod:`emoreg.train.screening`) or as the GRPO reward ``emotion_reading``
+(:class:`~emoreg.regularization.frozen_reader.EmotionReadingReward`). Their emotion names and layer are
+checked against the bundle when the run starts, before any model loads.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +41,7 @@ from typing import Any
 from emoreg.errors import ConfigError
 from emoreg.evals.suites import SUITE_NAMES
 from emoreg.regularization.config import RegularizerConfig
+from emoreg.regularization.frozen_reader import EMOTION_READING
 
 TRAINER_TYPES = ("sft", "dpo", "grpo")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
@@ -69,12 +80,28 @@ class ModelSpec:
 
 
 @dataclass
+class ScreenSpec:
+    """Screen SFT/DPO rows before training: drop rows whose frozen-base reading ``sum_e w_e z_e`` exceeds ``max_z``.
+
+    ``emotions``: ``{name: weight}`` (weights > 0); ``layer``: null for the bundle's default layer; ``mode``:
+    only ``drop`` (TRL's SFT/DPO trainers take no per-row weights). See :mod:`emoreg.train.screening`.
+    """
+
+    emotions: dict[str, float] = field(default_factory=dict)
+    max_z: float = 2.0
+    mode: str = "drop"
+    layer: int | None = None
+    batch_size: int = 8
+
+
+@dataclass
 class DataSpec:
     """Training data: a built-in dataset name, a local .json/.jsonl/.parquet file or a cached HF dataset."""
 
     source: str = ""
     split: str = "train"
     limit: int | None = None
+    screen: ScreenSpec | None = None
 
 
 @dataclass
@@ -100,6 +127,19 @@ class EmoregSpec:
 
 
 @dataclass
+class FrozenReaderSpec:
+    """The GRPO reward ``emotion_reading``: ``-sum_e w_e * relu(z_e - threshold)`` read by a frozen base model.
+
+    ``threshold`` is in z units of the bundle's base-model statistics (0: the base model's mean on neutral text).
+    """
+
+    emotions: dict[str, float] = field(default_factory=dict)
+    layer: int | None = None
+    threshold: float = 0.0
+    batch_size: int = 8
+
+
+@dataclass
 class EvalSpec:
     """Evaluation during training (EmoRegEvalCallback): suites run every ``every_n_steps`` and at the end."""
 
@@ -119,6 +159,7 @@ class Recipe:
     data: DataSpec = field(default_factory=DataSpec)
     trainer: TrainerSpec = field(default_factory=TrainerSpec)
     emoreg: EmoregSpec = field(default_factory=EmoregSpec)
+    frozen_reader: FrozenReaderSpec | None = None
     eval: EvalSpec = field(default_factory=EvalSpec)
     output_dir: str = "runs/emoreg"
     seed: int = 0
@@ -223,8 +264,8 @@ def check_keys(data: Any, schema: type, source: str, prefix: str = "") -> None:
     for key, value in data.items():
         if key not in hints:
             _unknown(source, f"{prefix}{key}", str(key), _field_names(schema))
-        nested = hints[key]
-        if dataclasses.is_dataclass(nested) and value is not None:
+        nested = _dataclass_of(hints[key])
+        if nested is not None and value is not None:
             check_keys(value, nested, source, f"{prefix}{key}.")
         elif key == "regularizer" and prefix == "emoreg." and isinstance(value, dict):
             valid = [f.name for f in dataclasses.fields(RegularizerConfig)]
@@ -271,6 +312,7 @@ def validate(recipe: Recipe, *, source: str = "recipe", override_tree: dict[str,
                           f"got {lora.target_modules!r}")
     check_trainer_args(recipe.trainer.args, recipe.trainer.type, source)
     _validate_rewards(recipe, source)
+    _validate_screen(recipe, source)
     if recipe.emoreg.enabled:
         try:
             _regularizer(recipe.emoreg.regularizer)
@@ -302,18 +344,84 @@ def _validate_rewards(recipe: Recipe, source: str) -> None:
         if trainer.reward_funcs or trainer.reward_weights is not None:
             raise ConfigError(f"{source}: trainer.reward_funcs/reward_weights are for trainer.type grpo, "
                               f"not {trainer.type!r}")
+        if recipe.frozen_reader is not None:
+            raise ConfigError(f"{source}: frozen_reader configures the GRPO reward {EMOTION_READING!r}, not "
+                              f"trainer.type {trainer.type!r}; to screen {trainer.type} rows use data.screen")
         return
     if not trainer.reward_funcs:
         raise ConfigError(f"{source}: trainer.reward_funcs: GRPO needs at least one reward (a built-in name such "
                           f"as 'calm_keywords' or 'module:function')")
     for name in trainer.reward_funcs:
+        if name == EMOTION_READING:
+            continue  # built from the frozen_reader block, checked below
         try:
             resolve_reward(name)
         except ConfigError as exc:
             raise ConfigError(f"{source}: trainer.reward_funcs: {exc}") from None
+    _validate_frozen_reader(recipe, source)
     if trainer.reward_weights is not None and len(trainer.reward_weights) != len(trainer.reward_funcs):
         raise ConfigError(f"{source}: trainer.reward_weights has {len(trainer.reward_weights)} entries for "
                           f"{len(trainer.reward_funcs)} reward_funcs")
+
+
+def _validate_frozen_reader(recipe: Recipe, source: str) -> None:
+    spec = recipe.frozen_reader
+    named = recipe.trainer.reward_funcs.count(EMOTION_READING)
+    if spec is None:
+        if named:
+            raise ConfigError(f"{source}: trainer.reward_funcs names {EMOTION_READING!r}, which needs a "
+                              f"frozen_reader block, e.g. frozen_reader: {{emotions: {{desperate: 1.0}}, "
+                              f"threshold: 0.0}}")
+        return
+    if not named:
+        raise ConfigError(f"{source}: frozen_reader is set, but trainer.reward_funcs does not name "
+                          f"{EMOTION_READING!r} (add it, or remove the frozen_reader block)")
+    if named > 1:
+        raise ConfigError(f"{source}: trainer.reward_funcs names {EMOTION_READING!r} {named} times; name it once")
+    _check_emotion_weights(spec.emotions, "frozen_reader", source)
+    if not math.isfinite(spec.threshold):
+        raise ConfigError(f"{source}: frozen_reader.threshold must be a finite number (z units), "
+                          f"got {spec.threshold}")
+    _check_layer_and_batch(spec.layer, spec.batch_size, "frozen_reader", source)
+
+
+def _validate_screen(recipe: Recipe, source: str) -> None:
+    from emoreg.train.screening import SCREEN_MODES, SCREEN_TRAINER_TYPES, _mode_error
+
+    spec = recipe.data.screen
+    if spec is None:
+        return
+    if recipe.trainer.type not in SCREEN_TRAINER_TYPES:
+        raise ConfigError(f"{source}: data.screen is for trainer.type sft or dpo (rows with a training target), "
+                          f"not {recipe.trainer.type!r}; for GRPO use the reward {EMOTION_READING!r} with a "
+                          f"frozen_reader block")
+    _check_emotion_weights(spec.emotions, "data.screen", source)
+    if spec.mode not in SCREEN_MODES:
+        message = _mode_error(spec.mode)
+        close = difflib.get_close_matches(str(spec.mode), SCREEN_MODES, n=1)
+        if close and spec.mode != "reweight":
+            message += f" (did you mean {close[0]!r}?)"
+        raise ConfigError(f"{source}: {message}")
+    if not math.isfinite(spec.max_z):
+        raise ConfigError(f"{source}: data.screen.max_z must be a finite number (z units), got {spec.max_z}")
+    _check_layer_and_batch(spec.layer, spec.batch_size, "data.screen", source)
+
+
+def _check_emotion_weights(emotions: dict[str, float], where: str, source: str) -> None:
+    if not emotions:
+        raise ConfigError(f"{source}: {where}.emotions is empty; name at least one emotion of the bundle with a "
+                          f"weight, e.g. {{desperate: 1.0}}")
+    for name, weight in emotions.items():
+        if not math.isfinite(weight) or weight <= 0:
+            raise ConfigError(f"{source}: {where}.emotions.{name}: the weight must be a positive number, "
+                              f"got {weight}")
+
+
+def _check_layer_and_batch(layer: int | None, batch_size: int, where: str, source: str) -> None:
+    if layer is not None and layer < 0:
+        raise ConfigError(f"{source}: {where}.layer must be >= 0 or null (the bundle's default), got {layer}")
+    if batch_size < 1:
+        raise ConfigError(f"{source}: {where}.batch_size must be >= 1, got {batch_size}")
 
 
 def _validate_eval(spec: EvalSpec, source: str) -> None:
@@ -347,6 +455,16 @@ def _field_types(schema: type) -> dict[str, Any]:
 
     hints = typing.get_type_hints(schema)
     return {f.name: hints[f.name] for f in dataclasses.fields(schema)}
+
+
+def _dataclass_of(hint: Any) -> type | None:
+    """The dataclass of a field type (``X`` or ``X | None``), or None."""
+    import typing
+
+    if dataclasses.is_dataclass(hint):
+        return hint
+    candidates = [a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)]
+    return candidates[0] if len(candidates) == 1 else None
 
 
 def _field_names(schema: type) -> list[str]:

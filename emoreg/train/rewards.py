@@ -10,10 +10,15 @@ The built-ins are **toys** for smoke runs and demos, not measures of quality:
 * ``calm_keywords``: ``(calm words - desperate words) / max(1, words / 10)``, counted on lower-case word
   tokens against two short keyword lists; it rewards calm vocabulary and penalises desperate vocabulary,
   whatever the reply means.
+
+One more name is built from the recipe rather than resolved here: ``emotion_reading``, the frozen-reader reward
+(:class:`emoreg.regularization.frozen_reader.EmotionReadingReward`), configured by the recipe's
+``frozen_reader`` block and built by :func:`emoreg.train.run.build_rewards`.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import re
 from collections.abc import Callable
@@ -58,14 +63,22 @@ def calm_keywords(prompts: list[Any], completions: list[Any], **kwargs: Any) -> 
 
 
 BUILTIN_REWARDS: dict[str, RewardFunction] = {"length_penalty": length_penalty, "calm_keywords": calm_keywords}
+#: Rewards built from a recipe block (name -> the block), not resolvable by name alone.
+RECIPE_REWARDS: dict[str, str] = {"emotion_reading": "frozen_reader"}
 
 
 def resolve_reward(name: str) -> RewardFunction:
     """A built-in reward by name, or ``module:function`` imported and checked to be callable."""
     if name in BUILTIN_REWARDS:
         return BUILTIN_REWARDS[name]
+    if name in RECIPE_REWARDS:
+        raise ConfigError(f"reward {name!r} is built from the recipe's {RECIPE_REWARDS[name]} block "
+                          f"(emoreg.train.run.build_rewards), not resolved by name")
     if ":" not in name:
-        raise ConfigError(f"unknown reward {name!r}; use a built-in ({', '.join(sorted(BUILTIN_REWARDS))}) "
+        names = sorted([*BUILTIN_REWARDS, *RECIPE_REWARDS])
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown reward {name!r}{hint}; use a built-in ({', '.join(names)}) "
                           f"or 'module:function'")
     module_name, _, attribute = name.partition(":")
     try:

@@ -1,11 +1,15 @@
 """Run a recipe: build the TRL config, data, model (+ LoRA) and trainer, attach emoreg, train, save.
 
 Order matters for fast failures: the recipe is validated when loaded, then the TRL config is built
-(value errors), the data is read and checked, the vector bundle is loaded, and only then the model.
+(value errors), the data is read and checked, the vector bundle is loaded and the frozen-reader settings
+(``data.screen``, ``frozen_reader``) are checked against it, and only then any model: first the frozen
+reader's copy of the base model (screening, or the ``emotion_reading`` reward), then the policy.
 
 Outputs, in ``output_dir`` and in every ``checkpoint-N`` directory: the trainer's own files, the
 regulariser's ``emoreg_config.json`` and ``emoreg_state.json`` (when emoreg is enabled) and
-``emoreg_train.json`` = ``{"base_model", "recipe", "vectors", "regularizer", "emoreg_version"}``.
+``emoreg_train.json`` = ``{"base_model", "recipe", "vectors", "regularizer", "screening", "frozen_reader",
+"emoreg_version"}`` (``screening``: what :mod:`emoreg.train.screening` dropped; ``frozen_reader``: the
+``emotion_reading`` reward's settings; each null when unused).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from emoreg.errors import ConfigError
-from emoreg.train.data import load_training_dataset
+from emoreg.train.data import load_rows
 from emoreg.train.recipe import Recipe, trl_config_class
 from emoreg.train.rewards import resolve_reward
 from emoreg.version import __version__
@@ -104,7 +108,8 @@ def vectors_identity(ref: str, vectors) -> dict[str, Any]:
     }
 
 
-def train_info(recipe: Recipe, vectors_info: dict[str, Any] | None) -> dict[str, Any]:
+def train_info(recipe: Recipe, vectors_info: dict[str, Any] | None, *, screening: dict[str, Any] | None = None,
+               frozen_reader: dict[str, Any] | None = None) -> dict[str, Any]:
     """The content of ``emoreg_train.json``."""
     regularizer = recipe.regularizer_config()
     return {
@@ -112,8 +117,58 @@ def train_info(recipe: Recipe, vectors_info: dict[str, Any] | None) -> dict[str,
         "recipe": recipe.to_dict(),
         "vectors": vectors_info,
         "regularizer": regularizer.to_dict() if regularizer is not None else None,
+        "screening": screening,
+        "frozen_reader": frozen_reader,
         "emoreg_version": __version__,
     }
+
+
+def check_reader_blocks(recipe: Recipe, bundle) -> None:
+    """Check ``data.screen`` and ``frozen_reader`` emotions and layers against the bundle (no model loads)."""
+    from emoreg.regularization.frozen_reader import check_reader_settings
+
+    for where, spec in (("data.screen", recipe.data.screen), ("frozen_reader", recipe.frozen_reader)):
+        if spec is None:
+            continue
+        try:
+            check_reader_settings(bundle, dict(spec.emotions), spec.layer)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc} (bundle {recipe.emoreg.vectors})") from None
+
+
+def load_frozen_reader(recipe: Recipe, spec, bundle):
+    """A :class:`FrozenEmotionReader` on a fresh frozen copy of the recipe's base model (``model.ref``)."""
+    from emoreg.regularization.frozen_reader import FrozenEmotionReader
+
+    return FrozenEmotionReader.from_pretrained(recipe.model.ref, bundle, dict(spec.emotions), layer=spec.layer,
+                                               dtype=recipe.model.dtype, batch_size=spec.batch_size)
+
+
+def screen_training_rows(recipe: Recipe, rows: list[dict[str, Any]], bundle) -> tuple[list[dict[str, Any]], dict]:
+    """Apply ``data.screen``: read every row's target with the frozen base model and drop those above max_z."""
+    from emoreg.train.screening import screen_rows
+
+    spec = recipe.data.screen
+    reader = load_frozen_reader(recipe, spec, bundle)  # freed when this returns
+    result = screen_rows(rows, recipe.trainer.type, reader, max_z=spec.max_z, mode=spec.mode)
+    logger.warning("data.screen: dropped %d of %d rows whose frozen-base reading (%s at layer %d) is above "
+                   "max_z=%s", len(result.dropped), len(rows), result.field, result.layer, spec.max_z)
+    return result.kept, result.to_dict()
+
+
+def build_rewards(recipe: Recipe, bundle=None) -> list:
+    """The GRPO reward functions: built-ins, ``module:function``, and ``emotion_reading`` (frozen reader)."""
+    from emoreg.regularization.frozen_reader import EMOTION_READING, EmotionReadingReward
+
+    rewards = []
+    for name in recipe.trainer.reward_funcs:
+        if name == EMOTION_READING:
+            spec = recipe.frozen_reader
+            reader = load_frozen_reader(recipe, spec, bundle)
+            rewards.append(EmotionReadingReward(reader, threshold=spec.threshold, name=EMOTION_READING))
+        else:
+            rewards.append(resolve_reward(name))
+    return rewards
 
 
 class TrainInfoCallback(TrainerCallback):
@@ -174,17 +229,38 @@ def build_trainer(recipe: Recipe, *, callbacks: Sequence[TrainerCallback] = ()):
     """Build the TRL trainer with emoreg attached; returns ``(trainer, emoreg_callback or None)``."""
     import transformers
     import trl
+    from datasets import Dataset
 
     from emoreg.integrations import attach
     from emoreg.models.loading import load_model_and_tokenizer
+    from emoreg.regularization.frozen_reader import EMOTION_READING, EmotionReadingReward
     from emoreg.vectors.bundle import EmotionVectors
 
     args = build_training_args(recipe)
-    dataset = load_training_dataset(recipe.data.source, recipe.trainer.type, split=recipe.data.split,
-                                    limit=recipe.data.limit)
-    rewards = [resolve_reward(name) for name in recipe.trainer.reward_funcs]
-    vectors = EmotionVectors.from_pretrained(recipe.emoreg.vectors) if recipe.emoreg.enabled else None
-    info = train_info(recipe, vectors_identity(recipe.emoreg.vectors, vectors) if vectors is not None else None)
+    rows = load_rows(recipe.data.source, recipe.trainer.type, split=recipe.data.split, limit=recipe.data.limit)
+    for name in recipe.trainer.reward_funcs:  # import errors of module:function rewards before any model loads
+        if name != EMOTION_READING:
+            resolve_reward(name)
+    uses_reader = recipe.data.screen is not None or recipe.frozen_reader is not None
+    bundle = EmotionVectors.from_pretrained(recipe.emoreg.vectors) if recipe.emoreg.enabled or uses_reader else None
+    vectors = bundle if recipe.emoreg.enabled else None
+    if uses_reader:
+        check_reader_blocks(recipe, bundle)
+    bundle_info = vectors_identity(recipe.emoreg.vectors, bundle) if bundle is not None else None
+    screening = None
+    if recipe.data.screen is not None:
+        rows, screening = screen_training_rows(recipe, rows, bundle)
+        screening["vectors"] = bundle_info
+    dataset = Dataset.from_list(rows)
+    rewards = build_rewards(recipe, bundle)
+    readers = [r.reader for r in rewards if isinstance(r, EmotionReadingReward)]
+    reader_info = None
+    if readers:
+        spec = recipe.frozen_reader
+        reader_info = {"reward": EMOTION_READING, "base_model": recipe.model.ref, "emotions": readers[0].weights,
+                       "layer": readers[0].layer, "threshold": spec.threshold, "vectors": bundle_info}
+    info = train_info(recipe, bundle_info if vectors is not None else None, screening=screening,
+                      frozen_reader=reader_info)
 
     transformers.set_seed(recipe.seed)
     model, tokenizer = load_model_and_tokenizer(recipe.model.ref, dtype=recipe.model.dtype)
@@ -198,6 +274,9 @@ def build_trainer(recipe: Recipe, *, callbacks: Sequence[TrainerCallback] = ()):
         trainer = trl.DPOTrainer(**common)
     else:
         trainer = trl.GRPOTrainer(reward_funcs=rewards, **common)
+    for reader in readers:  # a separate frozen copy, on the policy's device
+        reader.check_independent(trainer.model)
+        reader.to(trainer.accelerator.device)
     trainer.add_callback(TrainInfoCallback(info))
     if recipe.eval.enabled:
         attach_eval_callback(trainer, recipe)
