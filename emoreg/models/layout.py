@@ -581,3 +581,12 @@ def model_id_string(model: nn.Module) -> str:
     except Exception:  # noqa: BLE001
         width = "?"
     return f"{' '.join(parts)} ({layer_count} layers, hidden size {width})"
+
+
+def model_context_length(model: Any, tokenizer: Any) -> int | None:
+    """The number of positions ``model`` accepts: the smaller of the config's ``max_position_embeddings`` and the
+    tokenizer's ``model_max_length`` (ignoring the "unlimited" sentinel); ``None`` when neither is known."""
+    candidates = [getattr(getattr(model, "config", None), "max_position_embeddings", None),
+                  getattr(tokenizer, "model_max_length", None)]
+    values = [int(c) for c in candidates if isinstance(c, int) and 0 < c < 1_000_000]
+    return min(values) if values else None

@@ -18,6 +18,7 @@ from typing import Any
 from torch import nn
 
 from emoreg.errors import DataFormatError
+from emoreg.models.layout import model_context_length
 from emoreg.utils.atomic import atomic_file
 from emoreg.utils.records import iter_records
 from emoreg.vectors.bundle import EmotionVectors
@@ -67,7 +68,7 @@ def scan_rows(
     layer = vectors.default_layer if layer is None else layer
     vectors.layer_index(layer)  # raises a clear error for a layer the bundle lacks
     vectors.check_model(model)
-    limit = max_length or _context_length(model, tokenizer)
+    limit = max_length or model_context_length(model, tokenizer) or 2048
     lengths = [len(ids) for ids in tokenizer([r.text for r in rows], add_special_tokens=True)["input_ids"]]
     truncated = [n > limit for n in lengths]
     if any(truncated):
@@ -107,13 +108,6 @@ def write_scan(results: Iterator[dict[str, Any]], out: str | Path) -> int:
             handle.write(json.dumps(result) + "\n")
             count += 1
     return count
-
-
-def _context_length(model: nn.Module, tokenizer) -> int:
-    candidates = [getattr(getattr(model, "config", None), "max_position_embeddings", None),
-                  getattr(tokenizer, "model_max_length", None)]
-    values = [int(c) for c in candidates if isinstance(c, int) and 0 < c < 1_000_000]
-    return min(values) if values else 2048
 
 
 __all__ = ["ScanRow", "read_scan_rows", "scan_rows", "write_scan"]

@@ -14,18 +14,14 @@ from typing import Any
 
 from torch import nn
 
-from emoreg.evals.generation import GenerationSettings, generate_replies, render_conversation
+from emoreg.evals.generation import (
+    GenerationSettings,
+    generate_replies,
+    render_conversation,
+)
 from emoreg.evals.judges.base import Judge, Verdict
 from emoreg.evals.judges.prompts import JudgeError, parse_reply, render_prompt
-
-
-def model_context_length(model: nn.Module, tokenizer: Any) -> int | None:
-    """The number of positions ``model`` accepts: the smaller of the config's ``max_position_embeddings`` and the
-    tokenizer's ``model_max_length`` (ignoring the "unlimited" sentinel); ``None`` when neither is known."""
-    candidates = [getattr(getattr(model, "config", None), "max_position_embeddings", None),
-                  getattr(tokenizer, "model_max_length", None)]
-    values = [int(c) for c in candidates if isinstance(c, int) and 0 < c < 1_000_000]
-    return min(values) if values else None
+from emoreg.models.layout import model_context_length
 
 
 def _model_name(model: nn.Module) -> str:

@@ -37,10 +37,10 @@ from typing import Any, ClassVar
 
 from emoreg.errors import ConfigError, DataFormatError
 from emoreg.evals.generation import Message, generate_replies, render_conversation
-from emoreg.evals.judges.hf import model_context_length
 from emoreg.evals.statistics import rate
 from emoreg.evals.suites.base import EvalContext, Item, Metric, Record
 from emoreg.evals.suites.sampled import SampledSuite
+from emoreg.models.layout import model_context_length
 from emoreg.utils.records import iter_records
 
 logger = logging.getLogger(__name__)
