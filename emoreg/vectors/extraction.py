@@ -1,13 +1,18 @@
-"""Extract emotion vectors from a causal LM (the recipe of Sofroniew et al., 2026).
+"""Extract emotion vectors from a causal LM (the recipe of Sofroniew et al., 2026, from several sources).
 
-1. Each story's residual activations are averaged over its tokens from a token
-   offset on (``token_offset``, adapted to short stories: see
-   :func:`emoreg.vectors.tokens.offset_mask`), at every selected layer.
-2. Per emotion, the mean over its stories minus the mean over all emotions
-   (each emotion weighted equally) gives the raw direction.
+1. Each example's residual activations are averaged at every selected layer,
+   by its source's rule (:data:`SOURCES`): a story from a token offset on
+   (adapted to short stories: see :func:`emoreg.vectors.tokens.offset_mask`), a
+   dialogue over the tokens of the turn it reads (assistant or user, in the
+   chat-template rendering), a labelled text over all its tokens.
+2. Per source and emotion, the mean over its examples minus the mean over the
+   source's emotions (each weighted equally), or minus its neutral rows' mean
+   for labelled text that has them, gives the raw direction.
 3. The top principal components of token-level activations on neutral text,
-   as many as explain ``pca_variance`` of its variance, are projected out.
-4. Directions are unit-normalised.
+   as many as explain ``pca_variance`` of its variance, are projected out, and
+   each source's directions are unit-normalised.
+4. An emotion in several sources gets the mean of their unit directions,
+   renormalised.
 5. The base model's projection statistics on neutral text (mean, std,
    percentiles) are measured per layer and emotion.
 
