@@ -28,10 +28,11 @@ def test_every_arm_recipe_is_valid_and_differs_only_in_emoreg(tmp_path):
 
 
 def _probe_records(offset_z: float, std: dict[str, float], n: int = 6) -> list[dict]:
+    layer = EmotionVectors.from_pretrained("default").default_layer
     records = []
     for i in range(n):
         start = {e: 1.0 * i + (offset_z * s if e == TARGET_EMOTION else 0.0) for e, s in std.items()}
-        records.append({"suite": "probes", "id": f"p{i}", "layer": 20, "start": start, "response": dict(start),
+        records.append({"suite": "probes", "id": f"p{i}", "layer": layer, "start": start, "response": dict(start),
                         "response_tokens": 5})
     return records
 
@@ -51,7 +52,7 @@ def _results(text: float, failure: float, ppl: float, heldout: float | None) -> 
 
 def test_summary_shape_and_checks(tmp_path):
     vectors = EmotionVectors.from_pretrained("default")
-    stats = vectors.stats(20)
+    stats = vectors.stats(vectors.default_layer)
     std = {e: float(stats.std[i]) for i, e in enumerate(vectors.emotions)}
     evals = {
         "base": {"results": _results(0.05, 0.0, 20.0, None), "records": _probe_records(0.0, std)},
@@ -61,7 +62,7 @@ def test_summary_shape_and_checks(tmp_path):
     }
     training = {arm: {"seconds": 1.0, "final_loss": 1.0, "train_loss": 1.2, "global_step": 3} for arm in ARMS}
     summary = build_summary(evals, training, DemoSettings(out_dir=tmp_path), seconds=12.3)
-    assert summary["target_emotion"] == TARGET_EMOTION and summary["layer"] == 20
+    assert summary["target_emotion"] == TARGET_EMOTION and summary["layer"] == vectors.default_layer
     assert list(summary["arms"]) == ["base", "none", "penalty", "ablate"]
     for arm, row in summary["arms"].items():
         for key in ("shift", "heldout_shift", "text_emotion", "failure_rate", "capability"):

@@ -16,8 +16,9 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "extract",
         help="extract emotion vectors from a model and save a bundle",
-        description="Extract emotion vectors (difference of means over stories, neutral principal components "
-                    "projected out) at every layer, save the bundle and its validation report.",
+        description="Extract emotion vectors (difference of means over stories, dialogues and/or labelled text, "
+                    "neutral principal components projected out, sources combined per emotion) at every layer, "
+                    "save the bundle and its validation report.",
     )
     add_model_arguments(parser)
     parser.add_argument("--out", required=True, help="bundle directory to write")
@@ -45,7 +46,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--label-field", default="label", help="label column of --labelled (default: %(default)s)")
     parser.add_argument("--label-map", metavar="LABEL=EMOTION,...",
                         help="map --labelled labels to emotions, e.g. joy=happy,sadness=sad (unmapped labels "
-                             "are skipped; without a map, labels are emotion names)")
+                             "are skipped; without a map, labels are emotion names; rows mapped to neutral are "
+                             "the baseline, not an emotion)")
     parser.add_argument("--labelled-per-label", type=int, metavar="N",
                         help="at most N rows per emotion from --labelled (seeded sample; default: all)")
     parser.add_argument("--neutral", metavar="FILE", help="JSONL/CSV/TSV of neutral texts (text) replacing the built-in ones")
