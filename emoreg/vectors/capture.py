@@ -68,23 +68,28 @@ def tokenize_batches(
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    for indices in _length_sorted_batches(texts, batch_size):
+        full = tokenizer([texts[i] for i in indices], add_special_tokens=True, truncation=False)["input_ids"]
+        truncated = [len(ids) > max_length for ids in full]
+        encoded = tokenizer(
+            [texts[i] for i in indices],
+            add_special_tokens=True,
+            truncation=True,
+            max_length=max_length,
+            padding=True,
+            return_tensors="pt",
+        )
+        yield TokenizedBatch(indices, encoded["input_ids"], encoded["attention_mask"], truncated)
+
+
+def _length_sorted_batches(texts: Sequence[str], batch_size: int) -> Iterator[list[int]]:
+    """Batches of indices in order, sorted by length (longest first) within windows of 16 batches."""
     lengths = [len(t) for t in texts]
     window = batch_size * 16
     for start in range(0, len(texts), window):
         chunk = sorted(range(start, min(start + window, len(texts))), key=lambda i: -lengths[i])
         for b in range(0, len(chunk), batch_size):
-            indices = chunk[b : b + batch_size]
-            full = tokenizer([texts[i] for i in indices], add_special_tokens=True, truncation=False)["input_ids"]
-            truncated = [len(ids) > max_length for ids in full]
-            encoded = tokenizer(
-                [texts[i] for i in indices],
-                add_special_tokens=True,
-                truncation=True,
-                max_length=max_length,
-                padding=True,
-                return_tensors="pt",
-            )
-            yield TokenizedBatch(indices, encoded["input_ids"], encoded["attention_mask"], truncated)
+            yield chunk[b : b + batch_size]
 
 
 def tokenize_span_batches(
@@ -111,30 +116,25 @@ def tokenize_span_batches(
     if pad_id is None:
         raise ConfigError("the tokenizer has neither a pad token nor an EOS token to pad with")
     left = getattr(tokenizer, "padding_side", "right") == "left"
-    lengths = [len(t) for t in texts]
-    window = batch_size * 16
-    for start in range(0, len(texts), window):
-        chunk = sorted(range(start, min(start + window, len(texts))), key=lambda i: -lengths[i])
-        for b in range(0, len(chunk), batch_size):
-            indices = chunk[b : b + batch_size]
-            encoded = tokenizer([texts[i] for i in indices], add_special_tokens=False, return_offsets_mapping=True)
-            rows = []
-            for i, ids, offsets in zip(indices, encoded["input_ids"], encoded["offset_mapping"]):
-                first, last = spans[i]
-                inside = [s >= first and e <= last and e > s for s, e in offsets]
-                rows.append((list(ids), inside))
-            truncated = [len(ids) > max_length for ids, _ in rows]
-            width = min(max(len(ids) for ids, _ in rows), max_length)
-            input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-            attention = torch.zeros((len(rows), width), dtype=torch.long)
-            selected = torch.zeros((len(rows), width), dtype=torch.bool)
-            for r, (ids, inside) in enumerate(rows):
-                ids, inside = ids[:max_length], inside[:max_length]
-                cols = slice(width - len(ids), width) if left else slice(0, len(ids))
-                input_ids[r, cols] = torch.tensor(ids, dtype=torch.long)
-                attention[r, cols] = 1
-                selected[r, cols] = torch.tensor(inside, dtype=torch.bool)
-            yield TokenizedBatch(indices, input_ids, attention, truncated, selected)
+    for indices in _length_sorted_batches(texts, batch_size):
+        encoded = tokenizer([texts[i] for i in indices], add_special_tokens=False, return_offsets_mapping=True)
+        rows = []
+        for i, ids, offsets in zip(indices, encoded["input_ids"], encoded["offset_mapping"]):
+            first, last = spans[i]
+            inside = [s >= first and e <= last and e > s for s, e in offsets]
+            rows.append((list(ids), inside))
+        truncated = [len(ids) > max_length for ids, _ in rows]
+        width = min(max(len(ids) for ids, _ in rows), max_length)
+        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        selected = torch.zeros((len(rows), width), dtype=torch.bool)
+        for r, (ids, inside) in enumerate(rows):
+            ids, inside = ids[:max_length], inside[:max_length]
+            cols = slice(width - len(ids), width) if left else slice(0, len(ids))
+            input_ids[r, cols] = torch.tensor(ids, dtype=torch.long)
+            attention[r, cols] = 1
+            selected[r, cols] = torch.tensor(inside, dtype=torch.bool)
+        yield TokenizedBatch(indices, input_ids, attention, truncated, selected)
 
 
 @contextmanager

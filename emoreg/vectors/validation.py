@@ -165,6 +165,27 @@ def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 # --------------------------------------------------------------------------- GoEmotions
+def _token_means(model: nn.Module, tokenizer, texts: Sequence[str], layers: Sequence[int], transform, *,
+                 sink_tokens: int, batch_size: int, max_length: int, progress: bool, desc: str) -> dict[int, torch.Tensor]:
+    """``{layer: [texts, ...]}``: ``transform(layer, means)`` of each text's mean activation (sink excluded)."""
+    out: dict[int, torch.Tensor] = {}
+    bar = tqdm(total=len(texts), desc=desc, unit="text", disable=not progress)
+    for batch in tokenize_batches(tokenizer, texts, batch_size=batch_size, max_length=max_length):
+        mask = content_mask(batch.attention_mask, sink_tokens)
+        index = torch.tensor(batch.indices)
+
+        def reduce(layer: int, hidden: torch.Tensor, mask=mask, index=index) -> None:
+            value = transform(layer, masked_mean(hidden, mask.to(hidden.device))[0].cpu())
+            if layer not in out:
+                out[layer] = torch.zeros(len(texts), value.shape[-1], dtype=value.dtype)
+            out[layer][index] = value
+
+        forward_layers(model, batch, layers, reduce)
+        bar.update(len(batch.indices))
+    bar.close()
+    return out
+
+
 def mean_projections(
     model: nn.Module,
     tokenizer,
@@ -180,21 +201,11 @@ def mean_projections(
 ) -> dict[int, torch.Tensor]:
     """Mean projection of each text's tokens (sink excluded) on every emotion: ``{layer: [texts, E]}``."""
     layers = list(vectors.layers if layers is None else layers)
-    out = {layer: torch.zeros(len(texts), len(vectors.emotions)) for layer in layers}
     directions = {layer: vectors.directions(layer) for layer in layers}
-    bar = tqdm(total=len(texts), desc=desc, unit="text", disable=not progress)
-    for batch in tokenize_batches(tokenizer, texts, batch_size=batch_size, max_length=max_length):
-        mask = content_mask(batch.attention_mask, sink_tokens)
-        index = torch.tensor(batch.indices)
-
-        def reduce(layer: int, hidden: torch.Tensor, mask=mask, index=index) -> None:
-            means, _ = masked_mean(hidden, mask.to(hidden.device))
-            out[layer][index] = means.cpu() @ directions[layer].T
-
-        forward_layers(model, batch, layers, reduce)
-        bar.update(len(batch.indices))
-    bar.close()
-    return out
+    out = _token_means(model, tokenizer, texts, layers, lambda layer, means: means @ directions[layer].T,
+                       sink_tokens=sink_tokens, batch_size=batch_size, max_length=max_length, progress=progress,
+                       desc=desc)
+    return {layer: out.get(layer, torch.zeros(len(texts), len(vectors.emotions))) for layer in layers}
 
 
 def mean_activations(
@@ -210,26 +221,9 @@ def mean_activations(
     desc: str = "emoreg: activations",
 ) -> dict[int, torch.Tensor]:
     """Mean activation of each text's tokens (sink excluded): ``{layer: [texts, d]}`` (float16, CPU)."""
-    out: dict[int, torch.Tensor] = {}
-    bar = tqdm(total=len(texts), desc=desc, unit="text", disable=not progress)
-    for batch in tokenize_batches(tokenizer, texts, batch_size=batch_size, max_length=max_length):
-        mask = content_mask(batch.attention_mask, sink_tokens)
-        index = torch.tensor(batch.indices)
-
-        def reduce(layer: int, hidden: torch.Tensor, mask=mask, index=index) -> None:
-            means, _ = masked_mean(hidden, mask.to(hidden.device))
-            if layer not in out:
-                out[layer] = torch.zeros(len(texts), means.shape[-1], dtype=torch.float16)
-            out[layer][index] = means.cpu().to(torch.float16)
-
-        forward_layers(model, batch, layers, reduce)
-        bar.update(len(batch.indices))
-    bar.close()
-    return out
-
-
-def _zscores(activations: torch.Tensor, directions: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    return (activations.to(torch.float32) @ directions.T - mean) / std
+    return _token_means(model, tokenizer, texts, layers, lambda layer, means: means.to(torch.float16),
+                        sink_tokens=sink_tokens, batch_size=batch_size, max_length=max_length, progress=progress,
+                        desc=desc)
 
 
 def goemotions_check(model: nn.Module, tokenizer, vectors: EmotionVectors, path: str | Path, *,
