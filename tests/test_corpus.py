@@ -161,3 +161,13 @@ def test_content_hash_changes_with_text():
     b = Corpus([Story("a", "t", "y")], [NeutralText("n")])
     assert a.content_hash() != b.content_hash()
     assert a.content_hash() == Corpus([Story("a", "t", "x")], [NeutralText("n")]).content_hash()
+
+
+def test_select_keeps_the_labelled_neutral_baseline():
+    from emoreg.vectors.labelled import LabelledText
+
+    corpus = Corpus([Story("happy", "t", "x"), Story("sad", "t", "y")], [NeutralText("n")]).with_labelled(
+        [LabelledText("happy", "a"), LabelledText("sad", "b"), LabelledText("neutral", "c")])
+    assert corpus.emotions == ["happy", "sad"]  # the baseline is not an emotion
+    picked = corpus.select(["happy"])
+    assert [t.emotion for t in picked.labelled] == ["happy", "neutral"]

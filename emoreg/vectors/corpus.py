@@ -28,7 +28,7 @@ from pathlib import Path
 from emoreg.errors import DataFormatError
 from emoreg.utils.records import iter_records, require_text_field
 from emoreg.vectors.dialogues import Dialogue, load_dialogues
-from emoreg.vectors.labelled import LabelledText
+from emoreg.vectors.labelled import NEUTRAL, LabelledText
 
 BUILTIN_EMOTIONS: tuple[str, ...] = (
     "happy", "sad", "afraid", "angry", "disgusted", "surprised", "ashamed", "guilty",
@@ -74,9 +74,10 @@ class Corpus:
 
     @property
     def emotions(self) -> list[str]:
-        """Emotions in first-appearance order of the stories, then of the dialogues and labelled texts."""
+        """Emotions in first-appearance order of the stories, then of the dialogues and labelled texts
+        (the labelled texts' neutral baseline is not an emotion)."""
         return list(dict.fromkeys([s.emotion for s in self.stories] + [d.emotion for d in self.dialogues]
-                                  + [t.emotion for t in self.labelled]))
+                                  + [t.emotion for t in self.labelled if t.emotion != NEUTRAL]))
 
     @property
     def topics(self) -> list[str]:
@@ -101,7 +102,7 @@ class Corpus:
         return Corpus(
             stories=stories, neutral=self.neutral, banned_words=banned,
             dialogues=[d for d in self.dialogues if d.emotion in wanted],
-            labelled=[t for t in self.labelled if t.emotion in wanted],
+            labelled=[t for t in self.labelled if t.emotion in wanted or t.emotion == NEUTRAL],
             labelled_description=dict(self.labelled_description),
         )
 
