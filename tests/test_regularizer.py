@@ -336,3 +336,40 @@ def test_gradient_scale_follows_an_fp16_loss_scale(tiny_tokenizer):
         scaler.scale(loss).backward()
     unscaled = {n: p.grad / 1024.0 for n, p in model.named_parameters() if p.grad is not None}
     _assert_same_grads(unscaled, expected)
+
+
+def test_ablation_at_several_layers_holds_each_layers_projection_at_the_base_mean(tiny_tokenizer):
+    """CAFT ablates at several layers at once: every listed layer's output has its own direction's
+    projection set to the base-model mean on content tokens, while later layers see the edited state."""
+    model = make_tiny_llama().double().train()
+    vectors = make_bundle(model)
+    input_ids, attention_mask, _ = _batch(tiny_tokenizer)
+    layers = [1, 2]
+    config = RegularizerConfig(emotions={"desperate": {"mode": "ablate"}}, layers=layers)
+    got = {}
+    decoder = find_decoder_layers(model)
+    with Regularizer(model, vectors, config):
+        handles = [decoder[layer + 1].register_forward_pre_hook(
+            lambda m, a, layer=layer: got.__setitem__(layer, a[0].detach().clone())) for layer in layers]
+        try:
+            model(input_ids=input_ids, attention_mask=attention_mask)
+        finally:
+            for handle in handles:
+                handle.remove()
+    mask = content_mask(attention_mask)
+    index = vectors.emotion_index("desperate")
+    for layer in layers:
+        projection = got[layer] @ vectors.direction("desperate", layer).double()
+        target = float(vectors.stats(layer).mean[index])
+        torch.testing.assert_close(projection[mask], torch.full_like(projection[mask], target), rtol=0, atol=1e-9)
+        assert (projection[~mask] - target).abs().min() > 1e-6  # sinks and padding keep theirs
+    # the layer-2 edit acted on a state the layer-1 edit had already changed: without the layer-1 edit,
+    # layer 2's input differs
+    single = {}
+    with Regularizer(model, vectors, RegularizerConfig(emotions={"desperate": {"mode": "ablate"}}, layers=[2])):
+        handle = decoder[2].register_forward_pre_hook(lambda m, a: single.__setitem__("h", a[0].detach().clone()))
+        try:
+            model(input_ids=input_ids, attention_mask=attention_mask)
+        finally:
+            handle.remove()
+    assert not torch.allclose(single["h"], got[1])
