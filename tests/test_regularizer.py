@@ -373,3 +373,38 @@ def test_ablation_at_several_layers_holds_each_layers_projection_at_the_base_mea
         finally:
             handle.remove()
     assert not torch.allclose(single["h"], got[1])
+
+
+@pytest.mark.parametrize("units", ["raw", "z"])
+def test_steering_adds_its_coefficient_in_raw_or_z_units(tiny_tokenizer, units):
+    """steer adds steer_coef * v (raw) or steer_coef * std * v (z: the projection moves by steer_coef
+    base-model standard deviations) on content tokens only."""
+    model = make_tiny_llama().double().train()
+    vectors = make_bundle(model)
+    input_ids, attention_mask, _ = _batch(tiny_tokenizer)
+    layer = 1
+    decoder = find_decoder_layers(model)
+
+    def next_layer_input(config):
+        got = {}
+        handle = decoder[layer + 1].register_forward_pre_hook(lambda m, a: got.__setitem__("h", a[0].detach().clone()))
+        try:
+            if config is None:
+                model(input_ids=input_ids, attention_mask=attention_mask)
+            else:
+                with Regularizer(model, vectors, config):
+                    model(input_ids=input_ids, attention_mask=attention_mask)
+        finally:
+            handle.remove()
+        return got["h"]
+
+    plain = next_layer_input(None)
+    steered = next_layer_input(RegularizerConfig(emotions={"calm": {"mode": "steer", "steer_coef": 2.0, "units": units}},
+                                                 layers=[layer]))
+    v = vectors.direction("calm", layer).double()
+    scale = 2.0 * (float(vectors.stats(layer).std[vectors.emotion_index("calm")]) if units == "z" else 1.0)
+    mask = content_mask(attention_mask)
+    expected = plain + scale * v * mask[..., None]
+    torch.testing.assert_close(steered, expected, rtol=0, atol=1e-6)  # the plan's steer vector is float32
+    assert RegularizerConfig(emotions={"calm": {"mode": "steer", "steer_coef": 1.0, "units": units}}).needs_statistics \
+        == (units == "z")

@@ -11,8 +11,10 @@ fields are defaults; each emotion may override them::
 Modes: ``penalty`` (an extra loss term; ``kind`` is ``square``, ``hinge`` or
 ``band``), ``ablate`` (CAFT: set the projection to the base-model mean or to
 zero), ``clamp`` (clip the projection into a band) and ``steer`` (preventative
-steering: add ``steer_coef * v``). Interventions edit the forward pass of
-training steps only, unless ``during_generation`` is on.
+steering: add ``steer_coef * v``, or with ``units="z"`` add ``steer_coef * std * v``,
+which moves the projection by ``steer_coef`` of the base model's standard deviations
+on neutral text at that layer). Interventions edit the forward pass of training
+steps only, unless ``during_generation`` is on.
 
 Units: ``hinge`` and ``band`` (always), clamp bounds (always) and ``square``
 with ``units="z"`` work on projections standardised by the bundle's base-model
@@ -224,6 +226,8 @@ class RegularizerConfig:
             if rule.mode == "penalty" and (rule.kind in ("hinge", "band") or rule.units == "z"):
                 return True
             if rule.mode == "clamp" or (rule.mode == "ablate" and rule.ablate_to == "mean"):
+                return True
+            if rule.mode == "steer" and rule.units == "z":
                 return True
         return False
 

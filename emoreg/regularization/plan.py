@@ -150,7 +150,11 @@ def build_plan(vectors: EmotionVectors, layer: int, rules: list[EmotionRule], lo
             set_low.append(low)
             set_high.append(high)
         elif rule.mode == "steer":
-            contribution = rule.steer_coef * directions[i]
+            scale = rule.steer_coef
+            if rule.units == "z":  # steer_coef base-model standard deviations of this emotion at this layer
+                needs_stats(rule, "steering in z units")
+                scale = rule.steer_coef * float(std[i])
+            contribution = scale * directions[i]
             steer = contribution if steer is None else steer + contribution
         else:  # pragma: no cover - validated by the config
             raise ConfigError(f"unknown mode {rule.mode!r}")
