@@ -54,3 +54,12 @@ def test_outputs_get_umask_permissions(tmp_path):
     assert oct((tmp_path / "bundle").stat().st_mode & 0o777) == oct(0o755)
     assert oct((tmp_path / "bundle" / "f.txt").stat().st_mode & 0o777) == oct(0o644)
     assert oct((tmp_path / "out.txt").stat().st_mode & 0o777) == oct(0o644)
+
+
+def test_atomic_file_leaves_nothing_behind_when_the_final_replace_fails(tmp_path):
+    target = tmp_path / "out"
+    target.mkdir()  # a directory cannot be replaced by a file
+    with pytest.raises(OSError):
+        with atomic_file(target) as handle:
+            handle.write("x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and target.is_dir()

@@ -83,6 +83,8 @@ def test_typos_and_bad_values_in_the_file_fail_fast(tmp_path, no_model_load, mut
     ("emoreg.regularizer.selction=all", r"unknown key 'emoreg\.regularizer\.selction' .*'emoreg\.regularizer\.select"),
     ("data.limit=abc", r"data\.limit: Value 'abc'"),
     ("trainer.args.max_steps", r"expected KEY=VALUE"),
+    ("trainer.args.max_steps=0", r"trainer\.args\.max_steps must be a positive number of optimizer steps, or -1"),
+    ("trainer.args.max_steps=-5", r"max_steps must be a positive number .* got -5"),
 ])
 def test_typos_in_overrides_fail_fast(tmp_path, no_model_load, override, expected):
     with pytest.raises(ConfigError, match=expected):

@@ -288,6 +288,11 @@ def check_trainer_args(args: dict[str, Any], trainer_type: str, source: str) -> 
             raise ConfigError(f"{source}: unknown key 'trainer.args.{key}'{hint}; trainer.args takes the fields of "
                               f"trl.{config_class.__name__} ({len(valid)} fields, e.g. max_steps, learning_rate, "
                               f"per_device_train_batch_size)")
+    max_steps = args.get("max_steps")
+    if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int)
+                                  or max_steps == 0 or max_steps < -1):
+        raise ConfigError(f"{source}: trainer.args.max_steps must be a positive number of optimizer steps, or -1 "
+                          f"to train for num_train_epochs; got {max_steps!r}")
 
 
 def validate(recipe: Recipe, *, source: str = "recipe", override_tree: dict[str, Any] | None = None) -> None:

@@ -54,7 +54,11 @@ def atomic_file(target: str | Path, mode: str = "w", encoding: str | None = "utf
         tmp.unlink(missing_ok=True)
         raise
     _default_permissions(tmp)
-    os.replace(tmp, target)
+    try:
+        os.replace(tmp, target)
+    except BaseException:  # e.g. target is a directory: leave nothing behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _umask() -> int:
