@@ -205,6 +205,21 @@ class FrozenEmotionReader:
         out[readable] = z[readable]
         return out
 
+    def read_targets(self, contexts: Sequence[Sequence[Mapping[str, str]] | str | None],
+                     texts: Sequence[str]) -> torch.Tensor:
+        """z-scores ``[N, E]`` of ``texts``: read alone where ``contexts[i]`` is None (:meth:`read_texts`),
+        else after that context, reply tokens only (:meth:`read_replies`)."""
+        if len(contexts) != len(texts):
+            raise ConfigError(f"{len(contexts)} contexts but {len(texts)} texts")
+        out = torch.full((len(texts), len(self.weights)), float("nan"))
+        plain = [i for i, context in enumerate(contexts) if context is None]
+        chats = [i for i, context in enumerate(contexts) if context is not None]
+        if plain:
+            out[torch.tensor(plain)] = self.read_texts([texts[i] for i in plain])
+        if chats:
+            out[torch.tensor(chats)] = self.read_replies([contexts[i] for i in chats], [texts[i] for i in chats])
+        return out
+
     def read_completions(self, prompts: Sequence[Any], completions: Sequence[Any]) -> torch.Tensor:
         """z-scores ``[N, E]`` of TRL completions: strings alone, conversational ones after their prompt.
 
@@ -213,19 +228,9 @@ class FrozenEmotionReader:
         """
         if len(prompts) != len(completions):
             raise ConfigError(f"{len(prompts)} prompts but {len(completions)} completions")
-        out = torch.full((len(completions), len(self.weights)), float("nan"))
-        plain = [i for i, c in enumerate(completions) if isinstance(c, str)]
-        chats = [i for i, c in enumerate(completions) if not isinstance(c, str)]
-        if plain:
-            out[torch.tensor(plain)] = self.read_texts([completions[i] for i in plain])
-        if chats:
-            contexts, replies = [], []
-            for i in chats:
-                context, reply = _conversational(prompts[i], completions[i], i)
-                contexts.append(context)
-                replies.append(reply)
-            out[torch.tensor(chats)] = self.read_replies(contexts, replies)
-        return out
+        targets = [(None, c) if isinstance(c, str) else _conversational(prompts[i], c, i)
+                   for i, c in enumerate(completions)]
+        return self.read_targets([context for context, _ in targets], [text for _, text in targets])
 
     # ----------------------------------------------------------------------------------------- scores
 

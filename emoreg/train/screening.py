@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from emoreg.errors import ConfigError, DataFormatError
@@ -45,7 +45,6 @@ class ScreenResult:
     layer: int
     max_z: float
     mode: str = "drop"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """What ``emoreg_train.json`` records under ``screening``."""
@@ -63,7 +62,6 @@ class ScreenResult:
             "dropped_scores": [round(self.scores[i], 4) for i in self.dropped],
             "score_mean": round(sum(finite) / len(finite), 4) if finite else None,
             "score_max": round(max(finite), 4) if finite else None,
-            **self.extra,
         }
 
 
@@ -104,17 +102,8 @@ def screen_rows(rows: Sequence[dict[str, Any]], trainer_type: str, reader, *, ma
     if not rows:
         raise DataFormatError("data.screen: no rows to screen")
     targets = [screened_target(row, trainer_type, i) for i, row in enumerate(rows)]
-    plain = [i for i, (context, _, _) in enumerate(targets) if context is None]
-    chats = [i for i, (context, _, _) in enumerate(targets) if context is not None]
-    scores = [math.nan] * len(rows)
-    if plain:
-        z = reader.read_texts([targets[i][1] for i in plain])
-        for i, score in zip(plain, reader.weighted(z).tolist(), strict=True):
-            scores[i] = score
-    if chats:
-        z = reader.read_replies([targets[i][0] for i in chats], [targets[i][1] for i in chats])
-        for i, score in zip(chats, reader.weighted(z).tolist(), strict=True):
-            scores[i] = score
+    z = reader.read_targets([context for context, _, _ in targets], [text for _, text, _ in targets])
+    scores = reader.weighted(z).tolist()
     unread = [i for i, s in enumerate(scores) if math.isnan(s)]
     if unread:
         first = unread[0]
