@@ -19,6 +19,12 @@ The penalty reaches the gradient through the trainer's own backward pass
 ``coef / gradient_accumulation_steps * loss_scale``: per micro-batch the
 objective is ``loss + coef * R``, consistent with gradient accumulation; ``R``
 is a token mean per micro-batch and rank, and DDP/DeepSpeed average it over ranks.
+
+With adaptive directions (``config.refit``) the callback refits at the start of
+training and after every ``refit.every``-th optimizer step, on every rank; the
+refitted directions are saved beside each checkpoint (:data:`REFIT_FILE`) and a
+resumed run continues with them. The tokenizer comes from the ``tokenizer``
+argument, else the trainer's ``processing_class`` (or ``tokenizer``).
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ logger = logging.getLogger(__name__)
 
 STATE_FILE = "emoreg_state.json"
 CONFIG_FILE = "emoreg_config.json"
+REFIT_FILE = "emoreg_refit.safetensors"
 
 
 class EmoRegCallback(TrainerCallback):
@@ -51,13 +58,16 @@ class EmoRegCallback(TrainerCallback):
         config: a :class:`RegularizerConfig` or a dict.
         trainer: set by :func:`attach`; enables exact gradient accumulation on a
             short last window, fp16 loss scales and full metric reporting.
+        tokenizer: the model's tokenizer, needed with ``config.refit``; by default the
+            trainer's ``processing_class`` (the tokenizer of a processor).
     """
 
     def __init__(self, vectors: EmotionVectors | str, config: RegularizerConfig | dict[str, Any], *,
-                 trainer: Any = None) -> None:
+                 trainer: Any = None, tokenizer: Any = None) -> None:
         self.vectors = EmotionVectors.from_pretrained(vectors) if isinstance(vectors, (str, Path)) else vectors
         self.config = RegularizerConfig.coerce(config)
         self.trainer = trainer
+        self.tokenizer = tokenizer
         self.regularizer: Regularizer | None = None
         self._micro_in_epoch = 0
         self._steps_in_epoch: int | None = None
@@ -71,7 +81,8 @@ class EmoRegCallback(TrainerCallback):
             raise ConfigError("EmoRegCallback needs the model (it is passed by the transformers Trainer)")
         self._check_precision(args)
         self.detach()
-        self.regularizer = Regularizer(model, self.vectors, self.config, inject="autograd")
+        tokenizer = self._tokenizer(kwargs) if self.config.refit is not None else None
+        self.regularizer = Regularizer(model, self.vectors, self.config, inject="autograd", tokenizer=tokenizer)
         if self.config.total_steps is None and state.max_steps and state.max_steps > 0:
             self.regularizer.total_steps = int(state.max_steps)
         self.regularizer.set_step(state.global_step)
@@ -82,8 +93,23 @@ class EmoRegCallback(TrainerCallback):
         except TypeError:
             self._steps_in_epoch = None
         self.regularizer.attach()
+        if self.regularizer.refit_enabled and not self.regularizer.refit_ready:
+            self.regularizer.refit(step=state.global_step)  # on every rank
         logger.info("emoreg: regularising %s at layers %s (%s)", list(self.config.emotions),
                     list(self.regularizer._plans), self.config.mode)
+
+    def _tokenizer(self, kwargs: dict[str, Any]) -> Any:
+        """The tokenizer for refit texts: the argument, else the trainer's processing class (or tokenizer)."""
+        candidates = [self.tokenizer, kwargs.get("processing_class"), kwargs.get("tokenizer")]
+        if self.trainer is not None:
+            candidates += [getattr(self.trainer, "processing_class", None), getattr(self.trainer, "tokenizer", None)]
+        for candidate in candidates:
+            if candidate is None:
+                continue
+            inner = getattr(candidate, "tokenizer", None)  # a processor (multimodal) wraps its tokenizer
+            return inner if inner is not None and not callable(getattr(candidate, "encode", None)) else candidate
+        raise ConfigError("refit needs the model's tokenizer and none is available: give the trainer a "
+                          "processing_class, or pass EmoRegCallback(..., tokenizer=tokenizer)")
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         self._micro_in_epoch = 0
@@ -101,6 +127,8 @@ class EmoRegCallback(TrainerCallback):
         # The schedule position stays at the step just taken until the next step begins, so the
         # logged coef is the one that step used.
         self._micro_in_epoch += 1
+        if self.regularizer is not None and self.regularizer.refit_due(state.global_step):
+            self.regularizer.refit(step=state.global_step)  # on every rank: collective under ZeRO-3
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.trainer is not None or self.regularizer is None or logs is None or not _is_training_log(logs):
@@ -180,12 +208,37 @@ class EmoRegCallback(TrainerCallback):
             self.regularizer.load_state_dict(saved.get("regularizer", {}))
             self._restored = saved
             logger.info("emoreg: resumed the schedule at step %d from %s", state.global_step, path)
+            self._restore_refit(path.parent, saved.get("regularizer", {}).get("refit"))
+
+    def _restore_refit(self, checkpoint: Path, saved: dict[str, Any] | None) -> None:
+        if not self.regularizer.refit_enabled:
+            return
+        file = checkpoint / REFIT_FILE
+        if saved is None or not file.is_file():
+            logger.warning("emoreg: %s has no refitted directions; refitting now", checkpoint)
+            return
+        from safetensors.torch import load_file
+
+        try:
+            self.regularizer.load_refit_state_dict(load_file(str(file)), count=int(saved.get("count", 1)),
+                                                   step=saved.get("step"))
+        except ConfigError as error:  # the run's config changed: its penalised emotions or layers differ
+            logger.warning("emoreg: not resuming the refitted directions of %s (%s); refitting now", file, error)
+            return
+        logger.info("emoreg: resumed the refitted directions of step %s from %s", saved.get("step"), file)
 
 
 def write_checkpoint_files(directory: Path, regularizer: Regularizer, vectors: EmotionVectors,
                            config: RegularizerConfig) -> None:
-    """Save the schedule state, the config and the bundle's identity next to a checkpoint."""
+    """Save the schedule state (with ``refit``, the refitted directions in :data:`REFIT_FILE`), the config and
+    the bundle's identity next to a checkpoint."""
     state = {"regularizer": regularizer.state_dict(), "library_version": __version__}
+    refit = regularizer.refit_state_dict()
+    if refit:
+        from safetensors.torch import save_file
+
+        save_file(refit, str(directory / REFIT_FILE), metadata={"library_version": __version__})
+        state["regularizer"]["refit"]["file"] = REFIT_FILE
     (directory / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
     info = {
         "library_version": __version__,
@@ -206,9 +259,13 @@ def _is_training_log(logs: dict[str, Any]) -> bool:
     return not any(str(k).startswith(("eval_", "test_", "train_runtime")) for k in logs)
 
 
-def attach(trainer: Any, vectors: EmotionVectors | str, config: RegularizerConfig | dict[str, Any]) -> EmoRegCallback:
-    """Add emoreg to a built trainer, with full integration (see the module docstring); returns the callback."""
-    callback = EmoRegCallback(vectors, config, trainer=trainer)
+def attach(trainer: Any, vectors: EmotionVectors | str, config: RegularizerConfig | dict[str, Any], *,
+           tokenizer: Any = None) -> EmoRegCallback:
+    """Add emoreg to a built trainer, with full integration (see the module docstring); returns the callback.
+
+    ``tokenizer`` (for ``config.refit``) defaults to the trainer's ``processing_class``.
+    """
+    callback = EmoRegCallback(vectors, config, trainer=trainer, tokenizer=tokenizer)
     handler = trainer.callback_handler
     handler.callbacks.insert(0, callback)
     original_log = trainer.log

@@ -24,6 +24,11 @@ the raw projection ``(h . v)^2`` (for centred vectors and exactness tests; on
 SmolLM2 raw projections sit near -100, so it pulls every token far from where
 the model lives).
 
+Adaptive directions (``refit``, penalty mode only): every ``refit.every``
+optimizer steps the penalised emotions' directions are re-extracted from the
+*current* model on a fixed subset of the built-in stories, and penalised
+alongside the bundle's fixed directions (see :mod:`emoreg.regularization.refit`).
+
 Loaded from dicts or OmegaConf YAML; unknown keys are errors listing the valid ones.
 """
 
@@ -64,6 +69,58 @@ class EmotionRule:
     steer_coef: float = 0.0
 
 
+@dataclass(frozen=True)
+class RefitConfig:
+    """Adaptive directions: re-extract the penalised emotions' directions from the model being trained.
+
+    Attributes:
+        every: optimizer steps between refits (> 0); the first refit runs before the first step.
+        texts_per_emotion: stories per penalised emotion (a fixed seeded subset of the built-in
+            corpus's stories) and, shared by all emotions, the same number of built-in neutral texts.
+        weight: weight of the refitted direction's penalty relative to the fixed direction's.
+        seed: seed of the subsets.
+        max_length: tokens per text (longer texts are truncated).
+        batch_size: texts per forward pass of a refit.
+    """
+
+    every: int
+    texts_per_emotion: int = 16
+    weight: float = 1.0
+    seed: int = 0
+    max_length: int = 256
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "refit") -> "RefitConfig":
+        """Build from a plain dict; unknown keys are errors listing the valid ones."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a mapping like {{'every': 50}}, got {type(data).__name__}")
+        valid = [f.name for f in dataclasses.fields(cls)]
+        _reject_unknown(data, valid, source)
+        if "every" not in data:
+            raise ConfigError(f"{source}.every is required: the number of optimizer steps between refits")
+        return cls(**{k: _plain(v) for k, v in data.items()})
+
+    def validate(self) -> None:
+        for name in ("every", "texts_per_emotion", "seed", "max_length", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"refit.{name} must be an integer, got {value!r}")
+        if self.every < 1:
+            raise ConfigError(f"refit.every must be > 0 (optimizer steps between refits), got {self.every}")
+        if self.texts_per_emotion < 2:
+            raise ConfigError(f"refit.texts_per_emotion must be >= 2, got {self.texts_per_emotion}")
+        if isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)) or not self.weight >= 0:
+            raise ConfigError(f"refit.weight must be a number >= 0, got {self.weight!r}")
+        if self.max_length < 2:
+            raise ConfigError(f"refit.max_length must be >= 2, got {self.max_length}")
+        if self.batch_size < 1:
+            raise ConfigError(f"refit.batch_size must be >= 1, got {self.batch_size}")
+
+
 #: Fields of EmotionRule that a config's top level sets as defaults.
 _RULE_DEFAULT_FIELDS = tuple(f.name for f in dataclasses.fields(EmotionRule) if f.name not in ("emotion", "weight"))
 
@@ -91,6 +148,9 @@ class RegularizerConfig:
             from the model's (a fine-tuned child of the same base).
         log_emotions: extra emotions whose activation is logged without being
             regularised.
+        refit: adaptive directions (a :class:`RefitConfig` or a dict such as
+            ``{"every": 50}``), or ``None`` (off). Needs at least one penalised emotion;
+            only penalised emotions get a refitted direction.
     """
 
     emotions: dict[str, Any] = field(default_factory=dict)
@@ -115,8 +175,11 @@ class RegularizerConfig:
     during_generation: bool = False
     allow_different_weights: bool = True
     log_emotions: list[str] = field(default_factory=list)
+    refit: RefitConfig | None = None
 
     def __post_init__(self) -> None:
+        if self.refit is not None and not isinstance(self.refit, RefitConfig):
+            self.refit = RefitConfig.from_dict(_plain(self.refit), source="refit")
         if isinstance(self.clamp_percentiles, list):
             self.clamp_percentiles = tuple(self.clamp_percentiles)
         if self.layers is not None:
@@ -218,6 +281,17 @@ class RegularizerConfig:
                 raise ConfigError(f"{where}.clamp_percentiles must be (low, high) with 0 <= low < high <= 100")
             if rule.clamp_low is not None and rule.clamp_high is not None and rule.clamp_low > rule.clamp_high:
                 raise ConfigError(f"{where}: clamp_low {rule.clamp_low} is above clamp_high {rule.clamp_high}")
+        if self.refit is not None and not self.refit_emotions:
+            modes = sorted({rule.mode for rule in self.rules()})
+            raise ConfigError(f"refit re-extracts the directions of penalised emotions and is valid only with "
+                              f"mode 'penalty'; no emotion is penalised here (mode {', '.join(map(repr, modes))})")
+
+    @property
+    def refit_emotions(self) -> list[str]:
+        """The emotions that get a refitted direction: the penalised ones (when ``refit`` is set)."""
+        if self.refit is None:
+            return []
+        return [rule.emotion for rule in self.rules() if rule.mode == "penalty"]
 
     @property
     def needs_statistics(self) -> bool:

@@ -15,6 +15,11 @@ Penalties per emotion ``e`` over the selected tokens ``t`` (``p = h . v``,
 
 ``R_layer = sum_e weight_e * penalty_e``.
 
+With adaptive directions (``refit``), each penalised emotion ``e`` also gets a
+row ``e@refit`` holding its refitted direction, with that direction's own
+neutral-text mean, std and thresholds (see :mod:`emoreg.regularization.refit`),
+the same kind and units, and the weight ``weight_e * refit.weight``.
+
 Interventions set projections exactly: for the ablated and clamped emotions
 with directions ``V`` (rows), targets ``p*`` (the base mean or 0 for ablation,
 ``clip(p, low, high)`` for clamping) and ``G = V V^T``, the edit
@@ -27,13 +32,21 @@ Edits apply only at the selected positions (never padding or sinks).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from emoreg.errors import BundleError, ConfigError
 from emoreg.regularization.config import EmotionRule
 from emoreg.vectors.bundle import EmotionVectors
+
+if TYPE_CHECKING:
+    from emoreg.regularization.refit import RefitDirection
+
+#: Suffix of the watched row of an emotion's refitted direction (``desperate@refit``).
+REFIT_SUFFIX = "@refit"
 
 _KIND_CODES = {"square": 0, "hinge": 1, "band": 2}
 
@@ -82,8 +95,13 @@ class LayerPlan:
         return LayerPlan(**fields)
 
 
-def build_plan(vectors: EmotionVectors, layer: int, rules: list[EmotionRule], log_emotions: list[str]) -> LayerPlan:
-    """Build the plan of ``layer`` for ``rules`` (plus emotions only logged)."""
+def build_plan(vectors: EmotionVectors, layer: int, rules: list[EmotionRule], log_emotions: list[str],
+               refit: Mapping[str, RefitDirection] | None = None, refit_weight: float = 1.0) -> LayerPlan:
+    """Build the plan of ``layer`` for ``rules`` (plus emotions only logged).
+
+    ``refit`` maps penalised emotions to their refitted direction at this layer: each gets an extra
+    watched and penalised row ``<emotion>@refit`` (after the bundle's rows) weighted ``weight * refit_weight``.
+    """
     watched = list(dict.fromkeys([r.emotion for r in rules] + list(log_emotions)))
     for emotion in watched:
         vectors.emotion_index(emotion)  # clear error for an emotion the bundle lacks
@@ -158,6 +176,36 @@ def build_plan(vectors: EmotionVectors, layer: int, rules: list[EmotionRule], lo
             steer = contribution if steer is None else steer + contribution
         else:  # pragma: no cover - validated by the config
             raise ConfigError(f"unknown mode {rule.mode!r}")
+    if refit:
+        extra_dirs, extra_mean, extra_std, extra_p95 = [], [], [], []
+        for rule in rules:
+            if rule.mode != "penalty" or rule.emotion not in refit:
+                continue
+            fitted = refit[rule.emotion]
+            standardized = rule.kind in ("hinge", "band") or rule.units == "z"
+            threshold = 0.0
+            if rule.kind == "hinge":
+                # an explicit threshold is in z units of whichever direction it applies to; the percentile
+                # rule uses the refitted direction's own neutral-text percentile
+                threshold = float(rule.threshold) if rule.threshold is not None else \
+                    (fitted.threshold_raw - fitted.mean) / fitted.std
+            elif rule.kind == "band":
+                threshold = float(rule.band_k)
+            pen_idx.append(len(watched))
+            watched.append(rule.emotion + REFIT_SUFFIX)
+            extra_dirs.append(fitted.direction.to(torch.float32).cpu())
+            extra_mean.append(fitted.mean)
+            extra_std.append(fitted.std)
+            extra_p95.append(fitted.p95)
+            pen_w.append(rule.weight * refit_weight)
+            pen_kind.append(_KIND_CODES[rule.kind])
+            pen_std.append(standardized)
+            pen_thr.append(threshold)
+        if extra_dirs:
+            directions = torch.cat([directions, torch.stack(extra_dirs)])
+            mean = torch.cat([mean.to(torch.float32), torch.tensor(extra_mean, dtype=torch.float32)])
+            std = torch.cat([std.to(torch.float32), torch.tensor(extra_std, dtype=torch.float32)])
+            p95 = torch.cat([p95.to(torch.float32), torch.tensor(extra_p95, dtype=torch.float32)])
     if set_idx:
         set_directions = directions[set_idx].double()
         # Pseudo-inverse: exact when the directions are independent; the least-squares (minimal-norm) edit when

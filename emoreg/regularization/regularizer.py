@@ -12,6 +12,15 @@ It owns every hook it installs and nothing global; hooks exist only between
 * A **generate wrapper** marks generation calls, where no penalty is computed
   and interventions apply only with ``during_generation``.
 
+Adaptive directions (``config.refit``, :mod:`emoreg.regularization.refit`):
+:meth:`Regularizer.refit` re-extracts the penalised emotions' directions from
+the current model and penalises along them too (rows ``<emotion>@refit``);
+the first one must run before the first training forward (``EmoRegCallback``
+runs it at the start of training and every ``refit.every`` optimizer steps; in
+a hand-written loop call ``reg.refit()`` once before training, and
+:meth:`Regularizer.step` refits when due). While :meth:`Regularizer.suspended`
+is active the hooks do nothing at all (the refit read uses it).
+
 Penalties and interventions act only in *training forward passes*: the layer
 is in training mode, gradients are enabled, and autograd is not replaying a
 checkpoint. Evaluation, ``torch.no_grad`` passes (DPO/KTO reference and KL
@@ -32,6 +41,8 @@ from __future__ import annotations
 import inspect
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -49,6 +60,7 @@ from emoreg.regularization.config import RegularizerConfig
 from emoreg.regularization.gradient import add_penalty_gradient, in_backward_pass
 from emoreg.regularization.metrics import LayerMetrics, all_reduce_sum
 from emoreg.regularization.plan import LayerPlan, build_plan, intervene, penalty_terms
+from emoreg.regularization.refit import ReadSettings, RefitDirection, RefitReader
 from emoreg.regularization.schedule import scheduled_coef
 from emoreg.regularization.selection import BatchContext, content_positions, select_tokens
 from emoreg.vectors.bundle import EmotionVectors
@@ -67,6 +79,8 @@ class Regularizer:
         vectors: the emotion-vector bundle (checked against the model).
         config: a :class:`RegularizerConfig` or a dict.
         inject: ``"explicit"`` (call :meth:`penalty`) or ``"autograd"``.
+        tokenizer: the model's tokenizer; needed (only) with ``config.refit``, whose texts it
+            tokenises once, here.
 
     Example (plain loop)::
 
@@ -84,6 +98,7 @@ class Regularizer:
         config: RegularizerConfig | dict[str, Any],
         *,
         inject: str = "explicit",
+        tokenizer: Any = None,
     ) -> None:
         if inject not in ("explicit", "autograd"):
             raise ConfigError(f"inject must be 'explicit' or 'autograd', got {inject!r}")
@@ -99,7 +114,18 @@ class Regularizer:
             if not 0 <= layer < len(model_layers):
                 raise ConfigError(f"layer {layer} is out of range: the model has {len(model_layers)} decoder layers")
         rules = self.config.rules()
-        self._plans = {layer: build_plan(self.vectors, layer, rules, self.config.log_emotions) for layer in layers}
+        self._rules = rules
+        self._refit_reader: RefitReader | None = None
+        self._refit: dict[int, dict[str, RefitDirection]] | None = None
+        self._refit_count = 0
+        self._refit_step: int | None = None
+        if self.config.refit is not None:
+            if tokenizer is None:
+                raise ConfigError("refit needs the model's tokenizer: pass Regularizer(..., tokenizer=tokenizer) "
+                                  "(EmoRegCallback takes it from the trainer's processing_class)")
+            self._refit_reader = RefitReader(tokenizer, self.config.refit_emotions, self.config.refit,
+                                             ReadSettings.from_bundle(self.vectors))
+        self._plans = {layer: self._build_plan(layer) for layer in layers}
         self._device_plans: dict[tuple[int, torch.device, torch.dtype], LayerPlan] = {}
         self._metrics = {layer: LayerMetrics(plan) for layer, plan in self._plans.items()}
         self.gradient_scale = 1.0
@@ -109,6 +135,7 @@ class Regularizer:
         self._context = BatchContext()
         self._depth = 0
         self._generation_depth = 0
+        self._suspended = 0
         self._patched_generate: nn.Module | None = None
         self._pending: list[torch.Tensor] = []
         self._skipped_nonfinite = 0
@@ -163,6 +190,16 @@ class Regularizer:
     def __enter__(self) -> "Regularizer":
         return self.attach()
 
+    @contextmanager
+    def suspended(self) -> Iterator["Regularizer"]:
+        """Inside the block every hook of this regulariser does nothing: no penalty, intervention, metric,
+        nor change to the batch context (forwards of emoreg's own reads, such as refits). Nestable."""
+        self._suspended += 1
+        try:
+            yield self
+        finally:
+            self._suspended -= 1
+
     def __exit__(self, *exc) -> None:
         self.detach()
 
@@ -176,8 +213,105 @@ class Regularizer:
         self._step = int(step)
 
     def step(self) -> None:
-        """Advance the schedule by one optimizer step (hand-written loops)."""
+        """Advance the schedule by one optimizer step (hand-written loops); refit when due (``refit.every``)."""
         self._step += 1
+        if self.refit_due(self._step):
+            self.refit()
+
+    # ------------------------------------------------------------------ adaptive directions
+    @property
+    def refit_enabled(self) -> bool:
+        return self._refit_reader is not None
+
+    @property
+    def refit_ready(self) -> bool:
+        """Whether refitted directions exist (computed by :meth:`refit` or restored)."""
+        return self._refit is not None
+
+    def refit_due(self, step: int) -> bool:
+        """Whether a refit is due after optimizer step ``step`` (a positive multiple of ``refit.every``)."""
+        return self.refit_enabled and step > 0 and step % self.config.refit.every == 0
+
+    @property
+    def refit_directions(self) -> dict[int, dict[str, RefitDirection]] | None:
+        """The refitted directions in use, ``{layer: {emotion: RefitDirection}}`` (None before the first refit)."""
+        return None if self._refit is None else {layer: dict(by) for layer, by in self._refit.items()}
+
+    def refit(self, step: int | None = None) -> dict[int, dict[str, RefitDirection]]:
+        """Re-extract the penalised emotions' directions from the current model and penalise along them.
+
+        Every rank must call it at the same points (the read is a forward pass on every rank, collective
+        under ZeRO-3). The read runs with this regulariser suspended, in eval mode under ``no_grad``, and
+        leaves every module's train/eval flag as it was. ``step`` (default: the schedule position) is
+        recorded with the directions.
+        """
+        if self._refit_reader is None:
+            raise ConfigError("refit() needs config.refit, e.g. refit={'every': 50}")
+        layers = list(self._plans)
+        fixed = {layer: {e: self.vectors.direction(e, layer) for e in self._refit_reader.emotions} for layer in layers}
+        percentiles = {rule.emotion: rule.threshold_percentile for rule in self._rules if rule.mode == "penalty"}
+        with self.suspended():
+            directions = self._refit_reader.refit(self.model, layers, fixed, percentiles)
+        self._set_refit(directions)
+        self._refit_count += 1
+        self._refit_step = self._step if step is None else int(step)
+        logger.info("emoreg: refitted %s at step %d (cos with the fixed directions: %s)",
+                    self._refit_reader.emotions, self._refit_step,
+                    {f"{e}/L{layer}": round(d.cos, 4) for layer, by in directions.items() for e, d in by.items()})
+        return self.refit_directions
+
+    def _build_plan(self, layer: int) -> LayerPlan:
+        refit = None
+        if self._refit_reader is not None:
+            if self._refit is not None:
+                refit = self._refit[layer]
+            else:  # placeholders until the first refit, so the plans' rows (and metrics) never change shape;
+                # a training forward before the first refit is refused (see the layer hook)
+                refit = {e: RefitDirection(self.vectors.direction(e, layer), 0.0, 1.0, float("nan"), 0.0, 1.0)
+                         for e in self._refit_reader.emotions}
+        weight = self.config.refit.weight if self.config.refit is not None else 1.0
+        return build_plan(self.vectors, layer, self._rules, self.config.log_emotions, refit=refit, refit_weight=weight)
+
+    def _set_refit(self, directions: dict[int, dict[str, RefitDirection]]) -> None:
+        expected = {(layer, e) for layer in self._plans for e in self._refit_reader.emotions}
+        got = {(layer, e) for layer, by in directions.items() for e in by}
+        if got != expected:
+            raise ConfigError(f"refitted directions for {sorted(got)} do not match this regulariser's "
+                              f"penalised emotions and layers {sorted(expected)}")
+        self._refit = {layer: dict(directions[layer]) for layer in self._plans}
+        self._plans = {layer: self._build_plan(layer) for layer in self._plans}
+        self._device_plans = {}
+
+    def refit_state_dict(self) -> dict[str, torch.Tensor]:
+        """The refitted directions as flat tensors (for safetensors): ``L<layer>/<emotion>/direction`` ``[d]`` and
+        ``L<layer>/<emotion>/stats`` ``[mean, std, p95, threshold_raw, cos]``; empty before the first refit."""
+        tensors: dict[str, torch.Tensor] = {}
+        for layer, by in (self._refit or {}).items():
+            for emotion, fitted in by.items():
+                tensors[f"L{layer}/{emotion}/direction"] = fitted.direction.contiguous()
+                tensors[f"L{layer}/{emotion}/stats"] = fitted.to_tensor()
+        return tensors
+
+    def load_refit_state_dict(self, tensors: dict[str, torch.Tensor], *, count: int = 1,
+                              step: int | None = None) -> None:
+        """Use the refitted directions of :meth:`refit_state_dict` (a resumed run continues with them)."""
+        if self._refit_reader is None:
+            raise ConfigError("refitted directions were given but config.refit is not set")
+        directions: dict[int, dict[str, RefitDirection]] = {}
+        for key, value in tensors.items():
+            if not key.endswith("/direction"):
+                continue
+            layer_name, emotion, _ = key.split("/")
+            stats = tensors.get(f"{layer_name}/{emotion}/stats")
+            if stats is None or not layer_name.startswith("L"):
+                raise ConfigError(f"refit state: {key} has no matching statistics")
+            if value.shape != (self.vectors.hidden_size,):
+                raise ConfigError(f"refit state: {key} has shape {tuple(value.shape)}, the model's hidden size is "
+                                  f"{self.vectors.hidden_size}")
+            directions.setdefault(int(layer_name[1:]), {})[emotion] = RefitDirection.from_tensors(value, stats)
+        self._set_refit(directions)
+        self._refit_count = int(count)
+        self._refit_step = step
 
     @property
     def coef(self) -> float:
@@ -219,6 +353,11 @@ class Regularizer:
             offset += width
         if float(flat[-1]):
             out["emoreg/nonfinite_skipped"] = float(flat[-1])
+        if self._refit is not None:  # the same on every rank (rank 0's directions are broadcast)
+            for layer, by in self._refit.items():
+                for emotion, fitted in by.items():
+                    out[f"emoreg/refit_cos/{emotion}/L{layer}"] = fitted.cos
+            out["emoreg/refit_count"] = float(self._refit_count)
         if reset:
             for layer_metrics in self._metrics.values():
                 layer_metrics.reset()
@@ -227,14 +366,21 @@ class Regularizer:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        """The schedule position (the run's ``total_steps`` comes from its own trainer or config)."""
-        return {"step": self._step, "total_steps": self.total_steps}
+        """The schedule position (the run's ``total_steps`` comes from its own trainer or config), and with
+        ``refit`` how many refits ran and at which step the last one did (the directions themselves:
+        :meth:`refit_state_dict`)."""
+        state: dict[str, Any] = {"step": self._step, "total_steps": self.total_steps}
+        if self._refit is not None:
+            state["refit"] = {"count": self._refit_count, "step": self._refit_step}
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._step = int(state.get("step", 0))
 
     # ------------------------------------------------------------------ hooks
     def _context_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if self._suspended:
+            return
         self._depth += 1
         values = _call_values(module, args, kwargs)
         if self._depth == 1:
@@ -245,6 +391,8 @@ class Regularizer:
                     setattr(self._context, key, values[key])
 
     def _context_post_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if self._suspended:
+            return
         self._depth = max(0, self._depth - 1)
 
     def _patch_generate(self, base: nn.Module) -> None:
@@ -274,11 +422,16 @@ class Regularizer:
 
     def _make_layer_hook(self, layer: int):
         def hook(module: nn.Module, args: tuple, output: Any):
+            if self._suspended:
+                return None
             generating = self._generation_depth > 0
             training_pass = module.training and torch.is_grad_enabled() and not generating and not in_backward_pass()
             intervene_now = training_pass or (generating and self.config.during_generation)
             if not (training_pass or intervene_now):
                 return None
+            if training_pass and self._refit_reader is not None and self._refit is None:
+                raise ConfigError("config.refit is set but no refit has run: call reg.refit() before the first "
+                                  "training step (EmoRegCallback does it at the start of training)")
             hidden = hidden_from_output(output)
             plan = self._plan_on(layer, hidden)
             batch, length = hidden.shape[0], hidden.shape[1]

@@ -170,10 +170,21 @@ def backbone(model: nn.Module) -> nn.Module:
 @torch.inference_mode()
 def forward_layers(model: nn.Module, batch: TokenizedBatch, layers: Sequence[int], reducer: Reducer) -> None:
     """Run ``model``'s body on ``batch``, reducing the outputs of ``layers`` with ``reducer``."""
+    run_layers(model, batch.input_ids, batch.attention_mask, layers, reducer)
+
+
+def run_layers(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: Sequence[int],
+               reducer: Reducer, *, stop_after_last: bool = True) -> None:
+    """Run ``model``'s body (no LM head) on one batch, reducing the outputs of ``layers`` with ``reducer``.
+
+    Runs in the caller's grad mode and module modes (:func:`forward_layers` wraps it in inference mode).
+    ``stop_after_last=False`` runs every layer even after the last one read: needed where all ranks must
+    take the same forward path (DeepSpeed ZeRO-3 gathers each layer's parameters collectively).
+    """
     device = next(model.parameters()).device
     body = backbone(model)
-    with layer_reducers(model, layers, reducer):
+    with layer_reducers(model, layers, reducer, stop_after_last=stop_after_last):
         try:
-            body(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device), use_cache=False)
+            body(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False)
         except _StopForward:
             pass

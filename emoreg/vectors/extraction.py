@@ -296,7 +296,8 @@ def extract_emotion_vectors(
     pca_report: dict[str, Any] = {}
     for layer, i in layer_pos.items():
         if need_pca:
-            basis, explained = _principal_components(sum_x[i], sum_xx[i], n_tokens[i], config)
+            basis, explained = principal_components(sum_x[i], sum_xx[i], n_tokens[i],
+                                                    pca_variance=config.pca_variance, max_pcs=config.max_pcs)
             bases[layer] = basis
             pca_report[str(layer)] = {"components": int(basis.shape[1]), "variance_explained": round(explained, 4)}
     # Each source: its emotions' means minus their mean (or minus its neutral rows' mean, when it has them),
@@ -309,14 +310,14 @@ def extract_emotion_vectors(
         for layer, i in layer_pos.items():
             baseline = sources[name].baseline
             centre = means[i, classes.index(baseline)] if baseline else means[i, keep].mean(dim=0)
-            unit[i] = _unit_directions(means[i, keep] - centre, bases.get(layer), layer, name)
+            unit[i] = unit_directions(means[i, keep] - centre, bases.get(layer), layer, name)
         source_directions[name] = unit
     # Combined: per emotion, the mean of the unit directions of the sources that have it, renormalised.
     combined = torch.zeros(n_layers, n_emotions, d, dtype=torch.float64)
     for name, unit in source_directions.items():
         for j, emotion in enumerate(sources[name].emotions):
             combined[:, emotions.index(emotion)] += unit[:, j]
-    directions = _unit_directions(combined, None, None, "combined").to(torch.float32)
+    directions = unit_directions(combined, None, None, "combined").to(torch.float32)
     bases = {layer: basis.to(torch.float32) for layer, basis in bases.items()}
 
     # Pass 3: base-model projection statistics on neutral text.
@@ -462,8 +463,11 @@ def _source_examples(corpus: Corpus, name: str, tokenizer) -> _SourceExamples:
     return examples
 
 
-def _unit_directions(raw: torch.Tensor, basis: torch.Tensor | None, layer: int | None, what: str) -> torch.Tensor:
-    """``raw`` ``[..., d]`` with ``basis``'s components projected out, unit-normalised (float64)."""
+def unit_directions(raw: torch.Tensor, basis: torch.Tensor | None, layer: int | None = None,
+                    what: str = "extracted") -> torch.Tensor:
+    """``raw`` ``[..., d]`` with ``basis``'s components (columns, e.g. from :func:`principal_components`)
+    projected out, unit-normalised. ``layer`` and ``what`` only name the directions in the error raised
+    when one vanishes."""
     if basis is not None:
         raw = raw - (raw @ basis) @ basis.T
     norms = raw.norm(dim=-1, keepdim=True)
@@ -479,10 +483,16 @@ def _mean_and_std(total: torch.Tensor, squares: torch.Tensor, n: torch.Tensor) -
     return mean, var.sqrt().clamp(min=1e-6)
 
 
-def _principal_components(
-    sum_x: torch.Tensor, sum_xx: torch.Tensor, n: torch.Tensor, config: ExtractionConfig
+def principal_components(
+    sum_x: torch.Tensor, sum_xx: torch.Tensor, n: torch.Tensor | float, *, pca_variance: float,
+    max_pcs: int | None = None,
 ) -> tuple[torch.Tensor, float]:
-    """Top principal components (columns, float64) explaining ``pca_variance`` of the variance."""
+    """Top principal components of token activations from their moments, and the variance they explain.
+
+    ``sum_x`` ``[d]``, ``sum_xx`` ``[d, d]`` (float64) and ``n`` are the sum, the sum of outer products
+    and the count of the tokens. Returns the fewest leading components (columns ``[d, k]``, float64)
+    explaining at least ``pca_variance`` of the variance, at most ``max_pcs`` and at most ``d - 1``.
+    """
     mean = sum_x / n
     covariance = sum_xx / n - torch.outer(mean, mean)
     covariance = (covariance + covariance.T) / 2
@@ -493,9 +503,10 @@ def _principal_components(
     if total <= 0:
         return eigenvectors[:, :0], 0.0
     cumulative = torch.cumsum(eigenvalues, 0) / total
-    k = int(torch.searchsorted(cumulative, torch.tensor(config.pca_variance, dtype=cumulative.dtype)).item()) + 1
-    if config.max_pcs is not None:
-        k = min(k, config.max_pcs)
+    target = torch.tensor(pca_variance, dtype=cumulative.dtype, device=cumulative.device)
+    k = int(torch.searchsorted(cumulative, target).item()) + 1
+    if max_pcs is not None:
+        k = min(k, max_pcs)
     k = min(k, eigenvectors.shape[1] - 1)
     explained = float(cumulative[k - 1]) if k > 0 else 0.0
     return eigenvectors[:, :k], explained
@@ -516,5 +527,6 @@ def _nearest(options: list[int], target: int) -> int:
     return min(options, key=lambda layer: (abs(layer - target), layer))
 
 
-__all__ = ["ExtractionConfig", "ExtractionResult", "extract_emotion_vectors"]
+__all__ = ["ExtractionConfig", "ExtractionResult", "extract_emotion_vectors", "principal_components",
+           "unit_directions"]
 
