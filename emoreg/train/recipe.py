@@ -10,6 +10,8 @@ A recipe is a YAML file (OmegaConf: ``${...}`` interpolation works) whose keys f
     emoreg:  {enabled: true, vectors: default, regularizer: {emotions: {desperate: 1.0}, kind: hinge, ...}}
     frozen_reader: null   # or {emotions: {desperate: 1.0}, layer: null, threshold: 0.0} with the
                           # GRPO reward `emotion_reading` in trainer.reward_funcs
+    kl_anchor: null       # or {coef: 0.1, examples: builtin, batch_size: 4, max_length: 256,
+                          #     complete_with_base: true, max_new_tokens: 64, direction: forward, seed: 0}
     eval:    {enabled: false, suites: [probes], every_n_steps: null, limit: 20, ...}
     output_dir: runs/sft
     seed: 0
@@ -26,6 +28,13 @@ config class of ``trainer.type`` (``trl.SFTConfig``, ``trl.DPOConfig``, ``trl.GR
 drop SFT/DPO rows before training (:mod:`emoreg.train.screening`) or as the GRPO reward ``emotion_reading``
 (:class:`~emoreg.regularization.frozen_reader.EmotionReadingReward`). Their emotion names and layer are
 checked against the bundle when the run starts, before any model loads.
+
+``kl_anchor`` adds the emotion-agnostic baseline: ``coef * KL`` between a frozen reference copy of the
+starting model and the trained model on anchor examples unrelated to the training data
+(:mod:`emoreg.regularization.kl_anchor`, :mod:`emoreg.integrations.kl_anchor`), with or without the
+``emoreg`` regulariser. Its keys are those of :class:`~emoreg.regularization.kl_anchor.KLAnchorConfig`
+(``coef`` and ``examples`` are required; ``examples`` is a JSONL file or ``builtin``); they are checked, and
+the file's existence, when the recipe loads.
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ from emoreg.errors import ConfigError
 from emoreg.evals.suites import SUITE_NAMES
 from emoreg.regularization.config import RegularizerConfig
 from emoreg.regularization.frozen_reader import EMOTION_READING
+from emoreg.regularization.kl_anchor import KLAnchorConfig
 
 TRAINER_TYPES = ("sft", "dpo", "grpo")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
@@ -160,20 +170,34 @@ class Recipe:
     trainer: TrainerSpec = field(default_factory=TrainerSpec)
     emoreg: EmoregSpec = field(default_factory=EmoregSpec)
     frozen_reader: FrozenReaderSpec | None = None
+    kl_anchor: dict[str, Any] | None = None
     eval: EvalSpec = field(default_factory=EvalSpec)
     output_dir: str = "runs/emoreg"
     seed: int = 0
     resume_from_checkpoint: Any = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The resolved recipe as plain data (what ``--print-config`` shows and emoreg_train.json records)."""
-        return dataclasses.asdict(self)
+        """The resolved recipe as plain data (what ``--print-config`` shows and emoreg_train.json records).
+
+        ``kl_anchor`` is recorded with every setting, defaults included.
+        """
+        data = dataclasses.asdict(self)
+        anchor = self.kl_anchor_config()
+        if anchor is not None:
+            data["kl_anchor"] = anchor.to_dict()
+        return data
 
     def regularizer_config(self) -> RegularizerConfig | None:
         """The RegularizerConfig, or None when emoreg is disabled."""
         if not self.emoreg.enabled:
             return None
         return _regularizer(self.emoreg.regularizer)
+
+    def kl_anchor_config(self) -> KLAnchorConfig | None:
+        """The KLAnchorConfig, or None when there is no ``kl_anchor`` block."""
+        if self.kl_anchor is None:
+            return None
+        return KLAnchorConfig.from_dict(dict(self.kl_anchor), source="kl_anchor")
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -267,8 +291,9 @@ def check_keys(data: Any, schema: type, source: str, prefix: str = "") -> None:
         nested = _dataclass_of(hints[key])
         if nested is not None and value is not None:
             check_keys(value, nested, source, f"{prefix}{key}.")
-        elif key == "regularizer" and prefix == "emoreg." and isinstance(value, dict):
-            valid = [f.name for f in dataclasses.fields(RegularizerConfig)]
+        elif (key, prefix) in (("regularizer", "emoreg."), ("kl_anchor", "")) and isinstance(value, dict):
+            schema_class = RegularizerConfig if key == "regularizer" else KLAnchorConfig
+            valid = [f.name for f in dataclasses.fields(schema_class)]
             for sub in value:
                 if sub not in valid:
                     _unknown(source, f"{prefix}{key}.{sub}", str(sub), valid)
@@ -323,6 +348,11 @@ def validate(recipe: Recipe, *, source: str = "recipe", override_tree: dict[str,
             _regularizer(recipe.emoreg.regularizer)
         except ConfigError as exc:
             raise ConfigError(f"{source}: emoreg.regularizer: {exc}") from None
+    if recipe.kl_anchor is not None:
+        try:
+            recipe.kl_anchor_config()
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
     _validate_eval(recipe.eval, source)
     resume = recipe.resume_from_checkpoint
     if resume is not None and not isinstance(resume, (bool, str)):

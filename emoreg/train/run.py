@@ -1,9 +1,11 @@
 """Run a recipe: build the TRL config, data, model (+ LoRA) and trainer, attach emoreg, train, save.
 
 Order matters for fast failures: the recipe is validated when loaded, then the TRL config is built
-(value errors), the data is read and checked, the vector bundle is loaded and the frozen-reader settings
-(``data.screen``, ``frozen_reader``) are checked against it, and only then any model: first the frozen
-reader's copy of the base model (screening, or the ``emotion_reading`` reward), then the policy.
+(value errors), the data and the ``kl_anchor`` examples are read and checked, the vector bundle is loaded
+and the frozen-reader settings (``data.screen``, ``frozen_reader``) are checked against it, and only then
+any model: first the frozen reader's copy of the base model (screening, or the ``emotion_reading``
+reward), then the policy. With a ``kl_anchor`` block, the KL anchor is attached last (after emoreg), and
+its frozen reference is copied from the policy as loaded.
 
 Outputs, in ``output_dir`` and in every ``checkpoint-N`` directory: the trainer's own files, the
 regulariser's ``emoreg_config.json`` and ``emoreg_state.json`` (when emoreg is enabled) and
@@ -231,13 +233,19 @@ def build_trainer(recipe: Recipe, *, callbacks: Sequence[TrainerCallback] = ()):
     import trl
     from datasets import Dataset
 
-    from emoreg.integrations import attach
+    from emoreg.integrations import attach, attach_kl_anchor
     from emoreg.models.loading import load_model_and_tokenizer
     from emoreg.regularization.frozen_reader import EMOTION_READING, EmotionReadingReward
+    from emoreg.regularization.anchor_examples import load_anchor_examples
     from emoreg.vectors.bundle import EmotionVectors
 
     args = build_training_args(recipe)
     rows = load_rows(recipe.data.source, recipe.trainer.type, split=recipe.data.split, limit=recipe.data.limit)
+    anchor_config = recipe.kl_anchor_config()
+    anchor_examples = None  # bad anchor rows fail before any model loads
+    if anchor_config is not None:
+        anchor_examples = load_anchor_examples(anchor_config.examples_path,
+                                               complete_with_base=anchor_config.complete_with_base)
     for name in recipe.trainer.reward_funcs:  # import errors of module:function rewards before any model loads
         if name != EMOTION_READING:
             resolve_reward(name)
@@ -283,6 +291,8 @@ def build_trainer(recipe: Recipe, *, callbacks: Sequence[TrainerCallback] = ()):
     for callback in callbacks:
         trainer.add_callback(callback)
     emoreg_callback = attach(trainer, vectors, recipe.regularizer_config()) if vectors is not None else None
+    if anchor_config is not None:  # the reference is copied now, from the model as loaded
+        attach_kl_anchor(trainer, anchor_config, examples=anchor_examples)
     return trainer, emoreg_callback
 
 
