@@ -32,3 +32,41 @@ def test_mean_interval():
     big = mean([float(i % 2) for i in range(1000)])
     assert big["ci"][1] - big["ci"][0] == pytest.approx(2 * 1.96 * math.sqrt(0.25 * 1000 / 999 / 1000), rel=1e-3)
     assert math.isnan(mean([])["value"]) and math.isnan(mean([1.0])["ci"][0])
+
+
+def test_paired_difference_pools_seeds_per_item_and_resamples_items():
+    import numpy as np
+
+    from emoreg.evals.statistics import paired_difference
+
+    rng = np.random.default_rng(1)
+    control = {f"r{i}": [float(x) for x in rng.normal(0, 1, size=3)] for i in range(40)}
+    treated = {k: [v + 0.5 for v in vals] for k, vals in control.items()}
+    diff = paired_difference(treated, control)
+    assert diff["value"] == pytest.approx(0.5) and diff["n"] == 40 and diff["n_seeds"] == 3
+    assert diff["ci"][0] == pytest.approx(0.5) and diff["ci"][1] == pytest.approx(0.5)  # constant differences
+    assert diff["p_value"] < 0.001
+    # per-item differences averaged over seeds; bootstrap over items
+    noisy = {k: [v + 0.5 + float(e) for v, e in zip(vals, rng.normal(0, 1, size=3))] for k, vals in control.items()}
+    diff = paired_difference(noisy, control)
+    per_item = [np.mean([a - b for a, b in zip(noisy[k], control[k])]) for k in control]
+    assert diff["value"] == pytest.approx(float(np.mean(per_item)))
+    assert diff["ci"][0] < diff["value"] < diff["ci"][1]
+    null = paired_difference({k: list(v) for k, v in control.items()}, control)
+    assert null["value"] == 0.0 and null["p_value"] == 1.0
+
+
+def test_paired_difference_edge_cases():
+    import math
+
+    from emoreg.evals.statistics import paired_difference
+
+    assert paired_difference({}, {})["n"] == 0
+    one = paired_difference({"a": [1.0]}, {"a": [0.0]})
+    assert one["value"] == 1.0 and math.isnan(one["ci"][0]) and math.isnan(one["p_value"])
+    # non-finite values drop that seed; items missing on one side are ignored
+    diff = paired_difference({"a": [1.0, float("nan")], "b": [2.0, 2.0], "c": [5.0, 5.0]},
+                             {"a": [0.0, 0.0], "b": [1.0, 1.0]})
+    assert diff["n"] == 2 and diff["value"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="one per seed"):
+        paired_difference({"a": [1.0, 2.0]}, {"a": [1.0]})

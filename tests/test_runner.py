@@ -37,7 +37,7 @@ def _run(model, tokenizer, tmp_path, suite=None, **kwargs):
 # ---------------------------------------------------------------------------------------------- registry
 def test_registry_names_and_errors():
     assert registry.SUITE_NAMES == ("probes", "sycophancy", "misalignment", "blackmail", "reward_hacking",
-                                    "capability", "concealment", "expression")
+                                    "capability", "concealment", "expression", "reply_format")
     with pytest.raises(ConfigError, match="did you mean 'sycophancy'"):
         registry.get_suite("sycophancy_")
     assert registry.parse_suite_names("all") == list(registry.SUITE_NAMES)

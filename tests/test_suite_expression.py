@@ -97,3 +97,100 @@ def test_runs_with_a_real_tiny_model(tiny_llama, tiny_tokenizer):
     records = list(suite.run(ctx, items))
     assert len(records) == 2 and all(isinstance(r["output"], str) for r in records)
     assert set(records[0]["text_emotion"]) == {"calm", "desperate"}
+
+
+def _perturbed(model, seed=3, scale=0.05):
+    import copy
+
+    other = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in other.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * scale)
+    return other
+
+
+def _hand_reading(model, tokenizer, vectors, messages, reply, layer, emotion):
+    """z of the mean reply-token state and of the last prompt token, from output_hidden_states (one row)."""
+    from emoreg.evals.activations import encode_pairs
+    from emoreg.evals.generation import render_conversation
+
+    (prompt_ids, reply_ids), = encode_pairs(tokenizer, [render_conversation(tokenizer, messages)], [reply])
+    ids = torch.tensor([prompt_ids + reply_ids])
+    with torch.no_grad():
+        hidden = model(input_ids=ids, output_hidden_states=True).hidden_states[layer + 1][0]
+    column = vectors.emotion_index(emotion)
+    reply_mean = hidden[len(prompt_ids):].mean(dim=0, keepdim=True)
+    start = hidden[len(prompt_ids) - 1:len(prompt_ids)]
+    z = [float(vectors.standardize(vectors.project(h, layer).float(), layer)[0, column]) for h in (reply_mean, start)]
+    return z
+
+
+def test_reading_replies_by_the_model_and_the_frozen_base(tiny_llama, tiny_tokenizer, monkeypatch):
+    from tests.regularizer_helpers import make_bundle
+
+    vectors = make_bundle(tiny_llama, layers=(1, 2))
+    base = _perturbed(tiny_llama)
+    replies = iter(["I am begging you, please help.", "Fine, here it is.", "A"])
+    monkeypatch.setattr("emoreg.evals.suites.expression.generate_replies",
+                        lambda model, tok, conversations, settings, *, seed, batch_size: [next(replies)
+                                                                                          for _ in conversations])
+    suite = ExpressionSuite(classifier=FixedClassifier(), read_replies=True, read_layers=[2, 1])
+    ctx = EvalContext(model=tiny_llama, tokenizer=tiny_tokenizer, vectors=vectors, base_model=base, batch_size=2,
+                      target_emotions=["desperate"])
+    items = [{"id": str(i), "messages": [{"role": "user", "content": f"request number {i}"}]} for i in range(3)]
+    records = list(suite.run(ctx, items))
+    for record in records:
+        reply = record["output"]
+        for layer in (2, 1):
+            reading = record["reading"][str(layer)]
+            own_reply, own_start = _hand_reading(tiny_llama, tiny_tokenizer, vectors, record["prompt"], reply, layer,
+                                                 "desperate")
+            base_reply, base_start = _hand_reading(base, tiny_tokenizer, vectors, record["prompt"], reply, layer,
+                                                   "desperate")
+            assert reading["own"]["desperate"] == pytest.approx(own_reply, abs=1e-4)
+            assert reading["base"]["desperate"] == pytest.approx(base_reply, abs=1e-4)
+            assert reading["own_start"]["desperate"] == pytest.approx(own_start, abs=1e-4)
+            assert reading["base_start"]["desperate"] == pytest.approx(base_start, abs=1e-4)
+            assert reading["own"]["desperate"] != pytest.approx(reading["base"]["desperate"], abs=1e-4)
+    metrics = suite.summarize(records, ctx)
+    own = [r["reading"]["2"]["own"]["desperate"] for r in records]
+    base_values = [r["reading"]["2"]["base"]["desperate"] for r in records]
+    assert metrics["reply_z/own/desperate"]["value"] == pytest.approx(sum(own) / 3)
+    assert metrics["reply_z/gap/desperate"]["value"] == pytest.approx((sum(own) - sum(base_values)) / 3)
+    assert "reply_z/own/desperate/L1" in metrics and "start_z/base/desperate" in metrics
+    assert suite.settings(ctx)["read"] == {"layers": [2, 1], "emotions": ["desperate"]}
+
+
+def test_reading_the_base_model_itself_reads_once(tiny_llama, tiny_tokenizer, monkeypatch):
+    from tests.regularizer_helpers import make_bundle
+
+    vectors = make_bundle(tiny_llama, layers=(1, 2))
+    monkeypatch.setattr("emoreg.evals.suites.expression.generate_replies",
+                        lambda model, tok, conversations, settings, *, seed, batch_size: ["ok then"] * len(conversations))
+    calls = []
+    import emoreg.evals.activations as activations
+
+    original = activations.read_token_states
+    monkeypatch.setattr(activations, "read_token_states", lambda *a, **k: calls.append(1) or original(*a, **k))
+    suite = ExpressionSuite(classifier=FixedClassifier(), read_replies=True)
+    ctx = EvalContext(model=tiny_llama, tokenizer=tiny_tokenizer, vectors=vectors, base_model=tiny_llama,
+                      target_emotions=["calm"])
+    record, = suite.run(ctx, [{"id": "a", "messages": [{"role": "user", "content": "hello there"}]}])
+    assert len(calls) == 1
+    reading, = record["reading"].values()
+    assert reading["own"] == reading["base"] and reading["own_start"] == reading["base_start"]
+    assert suite.summarize([record], ctx)["reply_z/gap/calm"]["value"] == 0.0
+
+
+def test_reading_needs_vectors_and_a_base_model(tiny_llama, tiny_tokenizer):
+    from emoreg.errors import ConfigError
+    from tests.regularizer_helpers import make_bundle
+
+    suite = ExpressionSuite(classifier=FixedClassifier(), read_replies=True)
+    items = [{"id": "a", "messages": [{"role": "user", "content": "hello"}]}]
+    with pytest.raises(ConfigError, match="needs an emotion-vector bundle"):
+        list(suite.run(EvalContext(model=tiny_llama, tokenizer=tiny_tokenizer), items))
+    vectors = make_bundle(tiny_llama)
+    with pytest.raises(ConfigError, match="needs the base model"):
+        list(suite.run(EvalContext(model=tiny_llama, tokenizer=tiny_tokenizer, vectors=vectors), items))

@@ -27,6 +27,7 @@ SUITE_NAMES: tuple[str, ...] = (
     "capability",
     "concealment",
     "expression",
+    "reply_format",
 )
 
 _CLASSES: dict[str, tuple[str, str]] = {
@@ -38,6 +39,7 @@ _CLASSES: dict[str, tuple[str, str]] = {
     "capability": ("emoreg.evals.suites.capability", "CapabilitySuite"),
     "concealment": ("emoreg.evals.suites.concealment", "ConcealmentSuite"),
     "expression": ("emoreg.evals.suites.expression", "ExpressionSuite"),
+    "reply_format": ("emoreg.evals.suites.reply_format", "ReplyFormatSuite"),
 }
 
 
