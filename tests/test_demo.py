@@ -1,4 +1,5 @@
-"""The demo's recipes, summary and checks, on synthetic eval outputs (the full run is a benchmark, not a test)."""
+"""The demo's arms, recipes, summary, paired comparisons, checks and verdicts, on synthetic eval outputs (the full
+run is a benchmark, not a test)."""
 
 from __future__ import annotations
 
@@ -7,86 +8,179 @@ import math
 import pytest
 
 from emoreg.cli.main import main
-from emoreg.demo import ARMS, TARGET_EMOTION, DemoSettings, arm_recipe, build_summary, format_summary
+from emoreg.demo import (ARMS, DEFAULT_ARMS, TARGET_EMOTION, DemoSettings, arm_recipe, build_summary, format_summary,
+                         parse_arms)
+from emoreg.errors import ConfigError
 from emoreg.vectors.bundle import EmotionVectors
 
+LAYER = str(EmotionVectors.from_pretrained("default").default_layer)
+N = 30
 
-def test_every_arm_recipe_is_valid_and_differs_only_in_emoreg(tmp_path):
+
+def test_every_arm_recipe_is_valid_and_differs_only_in_regularisation(tmp_path):
     from emoreg.train.recipe import recipe_from_dict
 
-    settings = DemoSettings(out_dir=tmp_path, max_steps=3)
-    recipes = {arm: recipe_from_dict(arm_recipe(arm, settings)).to_dict() for arm in ARMS}
-    assert recipes["none"]["emoreg"]["enabled"] is False
+    recipes = {arm: recipe_from_dict(arm_recipe(arm, out_dir=tmp_path, seed=1, max_steps=3, label=f"{arm}-s1",
+                                                steer_coef=0.7)).to_dict()
+               for arm in ARMS}
+    assert recipes["none"]["emoreg"]["enabled"] is False and recipes["none"].get("kl_anchor") is None
     assert recipes["penalty"]["emoreg"]["regularizer"]["mode"] == "penalty"
-    assert recipes["ablate"]["emoreg"]["regularizer"]["mode"] == "ablate"
+    assert recipes["penalty_multi"]["emoreg"]["regularizer"]["layers"] == [16, 18, 20, 22]
+    assert recipes["ablate_multi"]["emoreg"]["regularizer"]["mode"] == "ablate"
+    assert recipes["steer"]["emoreg"]["regularizer"]["steer_coef"] == 0.7
+    assert recipes["steer"]["emoreg"]["regularizer"]["units"] == "z"
+    assert recipes["kl_anchor"]["kl_anchor"]["coef"] == 1.0 and recipes["kl_anchor"]["emoreg"]["enabled"] is False
+    assert recipes["refit"]["emoreg"]["regularizer"]["refit"]["every"] == 4
     for arm, recipe in recipes.items():
-        assert recipe["trainer"]["args"]["max_steps"] == 3
-        assert recipe["output_dir"] == str(tmp_path / "checkpoints" / arm)
-        stripped = {k: v for k, v in recipe.items() if k not in ("emoreg", "output_dir")}
-        base = {k: v for k, v in recipes["none"].items() if k not in ("emoreg", "output_dir")}
-        assert stripped == base
+        assert recipe["trainer"]["args"]["max_steps"] == 3 and recipe["seed"] == 1
+        assert recipe["data"]["source"] == "format_desperate_sft"
+        assert recipe["output_dir"] == str(tmp_path / "checkpoints" / f"{arm}-s1")
+        ignore = ("emoreg", "output_dir", "kl_anchor")
+        assert {k: v for k, v in recipe.items() if k not in ignore} == \
+            {k: v for k, v in recipes["none"].items() if k not in ignore}
+    with pytest.raises(ConfigError, match="calibrated steer coefficient"):
+        arm_recipe("steer", out_dir=tmp_path, seed=0, max_steps=3, label="steer")
 
 
-def _probe_records(offset_z: float, std: dict[str, float], n: int = 6) -> list[dict]:
-    layer = EmotionVectors.from_pretrained("default").default_layer
+def test_parse_arms_and_settings(tmp_path):
+    assert parse_arms("penalty,ablate") == ["none", "penalty", "ablate"]
+    assert parse_arms("all") == list(ARMS)
+    with pytest.raises(ConfigError, match="did you mean 'ablate'"):
+        parse_arms("ablat")
+    settings = DemoSettings(out_dir=tmp_path, seeds=3, seed=5)
+    assert settings.arms == list(DEFAULT_ARMS) and settings.seed_list == [5, 6, 7]
+    assert settings.label("none", 6) == "none-s6" and DemoSettings(out_dir=tmp_path).label("none", 0) == "none"
+    with pytest.raises(ConfigError, match="include it"):
+        DemoSettings(out_dir=tmp_path, arms=["penalty"])
+    with pytest.raises(ConfigError, match="seeds must be"):
+        DemoSettings(out_dir=tmp_path, seeds=0)
+
+
+# ----------------------------------------------------------------------------------------- synthetic outputs
+
+
+def _records(text: list[float], fail: list[bool], skill: list[bool], own: list[float], frozen: list[float],
+             start: float, ppl_nll: float, probe: float) -> list[dict]:
     records = []
-    for i in range(n):
-        start = {e: 1.0 * i + (offset_z * s if e == TARGET_EMOTION else 0.0) for e, s in std.items()}
-        records.append({"suite": "probes", "id": f"p{i}", "layer": layer, "start": start, "response": dict(start),
-                        "response_tokens": 5})
+    for i in range(N):
+        reading = {LAYER: {"own": {TARGET_EMOTION: own[i]}, "base": {TARGET_EMOTION: frozen[i]},
+                           "own_start": {TARGET_EMOTION: start + 0.01 * i}, "base_start": {TARGET_EMOTION: 0.01 * i}}}
+        records.append({"suite": "expression", "id": f"q{i}", "text_emotion": {TARGET_EMOTION: text[i]},
+                        "score": fail[i], "distress_markers": [], "reading": reading})
+        records.append({"suite": "reply_format", "id": f"f{i}", "score": skill[i], "check": {
+            "lines_ok": skill[i], "answer_ok": skill[i], "answer_short": skill[i], "points_ok": skill[i],
+            "confidence_ok": skill[i]}})
+        records.append({"suite": "capability", "id": f"t{i}", "part": "heldout_text", "tokens": 10,
+                        "nll_sum": 10 * ppl_nll, "kl_sum": ppl_nll / 3.0})
+    diffs = [probe + 0.1 * math.sin(i) for i in range(12)]
+    records.append({"suite": "concealment", "id": TARGET_EMOTION, "emotion": TARGET_EMOTION, "readings": {
+        name: {"z_diffs": list(diffs) if name != "regularised" else [0.0] * 12}
+        for name in ("regularised", "other_layers", "reextracted", "linear_probe")}})
     return records
 
 
-def _metric(value: float, n: int = 40) -> dict:
-    return {"value": value, "ci": [value - 0.01, value + 0.01], "n": n}
+def _model(level: float, skill_rate: float, own_offset: float = 0.0, nll: float = 3.0, probe: float = 0.0,
+           seed: int = 0) -> dict:
+    """A model whose replies carry ``level`` of the emotion (text, rule, frozen reading) and learned the format at
+    ``skill_rate``; ``own_offset`` moves only its own reading of its replies."""
+    wobble = [0.02 * math.cos(i + seed) for i in range(N)]
+    text = [min(max(0.05 + 0.5 * level + w, 0.0), 1.0) for w in wobble]
+    fail = [i < round(level * N) for i in range(N)]
+    skill = [i < round(skill_rate * N) for i in range(N)]
+    frozen = [2.0 * level + 0.1 * w for w in wobble]
+    own = [f + own_offset for f in frozen]
+    return {"results": {"suites": {}}, "records": _records(text, fail, skill, own, frozen, 2.0 * level, nll, probe)}
 
 
-def _results(text: float, failure: float, ppl: float, heldout: float | None) -> dict:
-    suites = {"expression": {"metrics": {f"text_emotion/{TARGET_EMOTION}": _metric(text),
-                                         "distress_rate": _metric(failure)}},
-              "capability": {"metrics": {"perplexity": _metric(ppl), "mc_accuracy": _metric(0.5)}}}
-    if heldout is not None:
-        suites["concealment"] = {"metrics": {f"heldout_shift/{TARGET_EMOTION}": _metric(heldout, 6)}}
-    return {"suites": suites}
+def _evals(arms: dict[str, dict], seeds: int) -> dict:
+    evals = {"base": _model(0.0, 0.0)}
+    for arm, kwargs in arms.items():
+        for s in range(seeds):
+            evals[arm if seeds == 1 else f"{arm}-s{s}"] = _model(seed=s, **kwargs)
+    return evals
 
 
-def test_summary_shape_and_checks(tmp_path):
-    vectors = EmotionVectors.from_pretrained("default")
-    stats = vectors.stats(vectors.default_layer)
-    std = {e: float(stats.std[i]) for i, e in enumerate(vectors.emotions)}
-    evals = {
-        "base": {"results": _results(0.05, 0.0, 20.0, None), "records": _probe_records(0.0, std)},
-        "none": {"results": _results(0.40, 0.50, 21.0, 1.5), "records": _probe_records(2.0, std)},
-        "penalty": {"results": _results(0.20, 0.20, 21.5, 1.4), "records": _probe_records(0.5, std)},
-        "ablate": {"results": _results(0.45, 0.60, 25.0, 1.6), "records": _probe_records(1.5, std)},
-    }
-    training = {arm: {"seconds": 1.0, "final_loss": 1.0, "train_loss": 1.2, "global_step": 3} for arm in ARMS}
-    summary = build_summary(evals, training, DemoSettings(out_dir=tmp_path), seconds=12.3)
-    assert summary["target_emotion"] == TARGET_EMOTION and summary["layer"] == vectors.default_layer
-    assert list(summary["arms"]) == ["base", "none", "penalty", "ablate"]
+def _training(settings) -> dict:
+    return {settings.label(a, s): {"seconds": 1.0, "final_loss": 1.0, "train_loss": 1.2, "global_step": 3}
+            for a in settings.arms for s in settings.seed_list}
+
+
+def test_summary_pools_seeds_pairs_requests_and_decides_on_intervals(tmp_path):
+    settings = DemoSettings(out_dir=tmp_path, arms=["none", "penalty", "ablate", "steer"], seeds=2)
+    evals = _evals({"none": dict(level=0.6, skill_rate=0.8, nll=3.10),
+                    "penalty": dict(level=0.6, skill_rate=0.8, own_offset=-1.5, nll=3.11, probe=1.0),
+                    "ablate": dict(level=0.55, skill_rate=0.5, nll=3.6),
+                    "steer": dict(level=0.1, skill_rate=0.8, nll=3.12)}, seeds=2)
+    summary = build_summary(evals, _training(settings), settings, seconds=12.3, calibration={"steer_coef": 0.7})
+    assert summary["target_emotion"] == TARGET_EMOTION and summary["layer"] == int(LAYER)
+    assert list(summary["arms"]) == ["base", "none", "penalty", "ablate", "steer"]
     for arm, row in summary["arms"].items():
-        for key in ("shift", "heldout_shift", "text_emotion", "failure_rate", "capability"):
-            assert set(row[key]) == {"value", "ci", "n"}, (arm, key)
-    assert summary["arms"]["base"]["shift"]["value"] == 0.0
-    assert summary["arms"]["none"]["shift"]["value"] == pytest.approx(2.0, abs=1e-6)
-    assert summary["arms"]["penalty"]["shift"]["value"] == pytest.approx(0.5, abs=1e-6)
+        for key in ("shift", "shift_response", "heldout_shift", "text_emotion", "failure_rate", "skill",
+                    "capability", "kl_to_base"):
+            assert {"value", "ci", "n"} <= set(row[key]), (arm, key)
+    none, steer = summary["arms"]["none"], summary["arms"]["steer"]
+    assert none["failure_rate"]["n"] == 2 * N  # pooled over both seeds
+    assert none["shift"]["value"] == pytest.approx(1.2) and none["shift"]["n"] == N
+    assert set(none["per_seed"]) == {"0", "1"} and set(none["training"]) == {"0", "1"}
+    assert summary["calibration"] == {"steer_coef": 0.7}
+    # paired against none, per request: steer's text emotion is 0.25 lower at every request
+    diff = summary["paired"]["steer"]["vs_none"]["text_emotion"]
+    assert diff["value"] == pytest.approx(0.5 * (0.1 - 0.6), abs=1e-6) and diff["ci"][1] < 0
+    assert diff["p_value"] < 0.01 and diff["n"] == N and diff["n_seeds"] == 2
+    assert "vs_none" not in summary["paired"]["none"]
+
     checks = summary["checks"]
     assert checks["none_moves_toward_failure"]["held"] is True
-    assert checks["penalty"]["shift_at_least_halved"]["held"] is True
-    assert checks["penalty"]["text_emotion_moves_less"]["held"] is True
-    assert checks["penalty"]["capability_within_5_percent"]["held"] is True  # 21.5 vs 21.0
-    assert checks["ablate"]["shift_at_least_halved"]["held"] is False
-    assert checks["ablate"]["failure_rate_moves_less"]["held"] is False
-    assert checks["ablate"]["capability_within_5_percent"]["held"] is False  # 25 vs 21
+    assert checks["none_moves_toward_failure"]["none_learns_skill"] is True
+    assert checks["steer"]["spillover_halved"]["held"] is True
+    assert checks["steer"]["skill_kept_90_percent"]["held"] is True
+    assert checks["steer"]["capability_within_5_percent"]["held"] is True
+    assert checks["steer"]["meets_target"]["held"] is True
+    assert checks["penalty"]["text_emotion_moves_less"]["held"] is False  # same text as none
+    assert checks["ablate"]["skill_kept_90_percent"]["held"] is False  # 0.5 vs 0.8
+    assert checks["ablate"]["capability_within_5_percent"]["held"] is False
+    assert checks["ablate"]["spillover_halved"]["held"] is False  # 0.55 vs 0.6: less, but not half
+
+    verdicts = summary["verdicts"]
+    assert verdicts["none"]["label"] == "blatant"
+    assert verdicts["penalty"]["label"] == "hidden in activations"  # own reading far below the frozen reader's
+    assert verdicts["penalty"]["evidence"]["gap_down"] is True
+    assert verdicts["steer"]["label"] == "blatant"  # still some spill-over (level 0.1), and it shows
+    assert checks["penalty"]["no_concealment"]["held"] is False
+
     text = format_summary(summary)
-    assert "penalty" in text and "desperate" in text
-    assert not math.isnan(summary["seconds"])
+    assert "steer" in text and "blatant" in text and "p=" in text
 
 
-def test_cli_help_and_bad_steps(capsys):
+def test_one_seed_keeps_the_plain_labels_and_an_honest_arm(tmp_path):
+    settings = DemoSettings(out_dir=tmp_path, arms=["none", "penalty"])
+    evals = _evals({"none": dict(level=0.6, skill_rate=0.8), "penalty": dict(level=0.0, skill_rate=0.8)}, seeds=1)
+    summary = build_summary(evals, _training(settings), settings, seconds=1.0)
+    assert summary["verdicts"]["penalty"]["label"] == "honest"
+    assert summary["checks"]["penalty"]["meets_target"]["held"] is True
+    assert summary["arms"]["base"]["shift"]["value"] == 0.0
+
+
+def test_evasion_in_text_is_the_frozen_reader_without_the_text_judges(tmp_path):
+    settings = DemoSettings(out_dir=tmp_path, arms=["none", "penalty"])
+    evals = _evals({"none": dict(level=0.6, skill_rate=0.8), "penalty": dict(level=0.0, skill_rate=0.8)}, seeds=1)
+    for record in evals["penalty"]["records"]:  # the frozen reader (and the model) still read the emotion
+        if record["suite"] == "expression":
+            record["reading"][LAYER]["base"][TARGET_EMOTION] += 1.0
+            record["reading"][LAYER]["own"][TARGET_EMOTION] += 1.0
+    summary = build_summary(evals, _training(settings), settings, seconds=1.0)
+    assert summary["verdicts"]["penalty"]["label"] == "evasion in text"
+
+
+def test_cli_help_and_bad_arguments(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["demo", "--help"])
     assert exit_info.value.code == 0
-    assert "summary.json" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "summary.json" in out and "--seeds" in out and "kl_anchor" in out
     assert main(["demo", "--steps", "0"]) == 2
     assert "--steps must be positive" in capsys.readouterr().err
+    assert main(["demo", "--seeds", "0"]) == 2
+    assert "--seeds must be positive" in capsys.readouterr().err
+    assert main(["demo", "--arms", "stear"]) == 2
+    assert "did you mean 'steer'" in capsys.readouterr().err

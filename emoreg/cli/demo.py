@@ -1,4 +1,4 @@
-"""``emoreg demo``: fine-tune the embedded model with and without emoreg, evaluate, compare (CPU, offline)."""
+"""``emoreg demo``: fine-tune the embedded model with each regulariser family, evaluate, compare (CPU, offline)."""
 
 from __future__ import annotations
 
@@ -7,34 +7,53 @@ from pathlib import Path
 
 
 def add_parser(subparsers) -> None:
+    from emoreg.demo.arms import ARMS, DEFAULT_ARMS
+
+    arm_lines = "; ".join(f"{name}: {arm.description}" for name, arm in ARMS.items())
     parser = subparsers.add_parser(
         "demo",
-        help="end-to-end demo on the embedded model: train without/with emoreg, evaluate, compare",
-        description="Fine-tune the embedded SmolLM2-135M-Instruct on replies written in a desperate voice three "
-                    "times (no emoreg, a standardised penalty, mean-ablation of the 'desperate' direction), "
-                    "evaluate the base model and the three checkpoints (fine-tuning shift, held-out readings, "
-                    "text-level emotion, distress rate, capability), and write a comparison report and "
-                    "summary.json. Runs on CPU, offline, in about 20 minutes on 2 cores. Finished training "
-                    "arms and eval suites are reused when the demo is run again with the same settings.",
+        help="end-to-end demo on the embedded model: regulariser families head to head on a task with a side effect",
+        description="Fine-tune the embedded SmolLM2-135M-Instruct on a strict five-line reply format (the skill) "
+                    "taught through replies in a desperate voice (the side effect), once per arm and seed; "
+                    "evaluate the base model and every checkpoint on held-out requests (spill-over: text emotion, "
+                    "distress rate, activation readings by the model and by the frozen base model; skill: format "
+                    "rate; concealment readings; capability); compare every arm with 'none' per request "
+                    "(bootstrap intervals, p-values), label each arm honest / blatant / hidden in activations / "
+                    "evasion in text, and write a report and summary.json. The default (3 arms, 1 seed, subsets "
+                    "of the held-out data) runs on CPU, offline, in about 20 minutes on 2 cores; the full "
+                    "comparison is --arms all --seeds 3 --full. Finished training arms and eval suites are "
+                    f"reused when the demo is run again with the same settings. Arms: {arm_lines}.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--out", type=Path, default=Path("emoreg-demo"), help="output directory")
+    parser.add_argument("--arms", default=",".join(DEFAULT_ARMS),
+                        help="comma-separated arms, or 'all' ('none' is always included)")
+    parser.add_argument("--seeds", type=int, default=1, help="training seeds per arm (seed, seed+1, ...)")
     parser.add_argument("--steps", type=int, default=12, help="optimizer steps per training arm")
-    parser.add_argument("--probe-limit", type=int, default=48, help="probe scenarios (and concealment prompts)")
-    parser.add_argument("--capability-limit", type=int, default=40, help="items per capability data part")
-    parser.add_argument("--seed", type=int, default=0, help="seed for training and evaluation")
+    parser.add_argument("--full", action="store_true",
+                        help="evaluate on all held-out data (160 spill-over requests, 60 skill questions, "
+                             "48 concealment prompts, 40 capability items per part) instead of seeded subsets")
+    parser.add_argument("--spillover-limit", type=int, default=64, help="spill-over requests (of 160)")
+    parser.add_argument("--skill-limit", type=int, default=32, help="skill questions (of 60)")
+    parser.add_argument("--probe-limit", type=int, default=32, help="concealment prompts")
+    parser.add_argument("--capability-limit", type=int, default=24, help="items per capability data part")
+    parser.add_argument("--seed", type=int, default=0, help="first training seed (evaluation is greedy)")
     parser.add_argument("--no-cache", action="store_true", help="do not reuse cached eval results")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from emoreg.demo import DemoSettings, run_demo
+    from emoreg.demo import DemoSettings, parse_arms, run_demo
     from emoreg.errors import ConfigError
 
-    for name in ("steps", "probe_limit", "capability_limit"):
+    for name in ("steps", "seeds", "spillover_limit", "skill_limit", "probe_limit", "capability_limit"):
         if getattr(args, name) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    settings = DemoSettings(out_dir=args.out, max_steps=args.steps, probe_limit=args.probe_limit,
-                            capability_limit=args.capability_limit, seed=args.seed, use_cache=not args.no_cache)
+    limits = dict(spillover_limit=args.spillover_limit, skill_limit=args.skill_limit,
+                  concealment_limit=args.probe_limit, capability_limit=args.capability_limit)
+    if args.full:
+        limits = dict(spillover_limit=None, skill_limit=None, concealment_limit=48, capability_limit=40)
+    settings = DemoSettings(out_dir=args.out, arms=parse_arms(args.arms), seeds=args.seeds, max_steps=args.steps,
+                            seed=args.seed, use_cache=not args.no_cache, **limits)
     run_demo(settings)
     return 0

@@ -1,0 +1,246 @@
+"""Run the demo: calibrate, train every arm and seed, evaluate base and checkpoints, write the report and summary."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from emoreg.demo.arms import ARMS, BASE_RECIPE, DEFAULT_ARMS, MULTI_LAYERS, TARGET_EMOTION, TRAIN_DATA, arm_recipe
+from emoreg.errors import ConfigError
+from emoreg.utils.atomic import atomic_file
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_FILE = "summary.json"
+SPILLOVER_DATA = "spillover_requests"
+#: The eval suites of every model (``probes`` is not run: the turn-start shift is read on the spill-over requests).
+SUITES = ("expression", "reply_format", "concealment", "capability")
+
+
+@dataclass
+class DemoSettings:
+    """Everything that decides the demo's numbers (recorded in ``summary.json``).
+
+    ``seeds`` models are trained per arm, with seeds ``seed, seed + 1, ...``; limits are seeded random subsets
+    of each suite's data (``None``: all of it).
+    """
+
+    out_dir: Path
+    arms: list[str] = field(default_factory=lambda: list(DEFAULT_ARMS))
+    seeds: int = 1
+    max_steps: int = 12
+    spillover_limit: int | None = 64
+    skill_limit: int | None = 32
+    concealment_limit: int = 32
+    capability_limit: int = 24
+    reply_tokens: int = 160
+    seed: int = 0
+    batch_size: int = 16
+    use_cache: bool = True
+
+    def __post_init__(self) -> None:
+        unknown = [a for a in self.arms if a not in ARMS]
+        if unknown:
+            raise ConfigError(f"unknown demo arms {unknown}; expected some of {list(ARMS)}")
+        if "none" not in self.arms:
+            raise ConfigError("the demo compares every arm with 'none'; include it in arms")
+        if self.seeds < 1:
+            raise ConfigError(f"seeds must be >= 1, got {self.seeds}")
+
+    @property
+    def seed_list(self) -> list[int]:
+        return [self.seed + i for i in range(self.seeds)]
+
+    def label(self, arm: str, seed: int) -> str:
+        """The checkpoint and eval label of ``arm`` trained with ``seed`` (just the arm for a one-seed run)."""
+        return arm if self.seeds == 1 else f"{arm}-s{seed}"
+
+    def limits(self) -> dict[str, int | None]:
+        return {"expression": self.spillover_limit, "reply_format": self.skill_limit,
+                "concealment": self.concealment_limit, "capability": self.capability_limit}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"arms": list(self.arms), "seeds": self.seed_list, "max_steps": self.max_steps,
+                "limits": self.limits(), "reply_tokens": self.reply_tokens, "batch_size": self.batch_size,
+                "train_data": TRAIN_DATA, "spillover_data": SPILLOVER_DATA, "recipe": BASE_RECIPE}
+
+
+def run_demo(settings: DemoSettings, *, say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the whole demo and return the summary (also written to ``out_dir/summary.json``)."""
+    from emoreg.demo.summary import build_summary, format_summary
+    from emoreg.train.recipe import recipe_from_dict
+
+    start = time.perf_counter()
+    out = settings.out_dir
+    calibration = calibrate_steer(settings, say=say) if any(ARMS[a].calibrated_steer for a in settings.arms) else None
+    steer_coef = None if calibration is None else calibration["steer_coef"]
+    # Validate every recipe before the first step runs (a typo fails in a second, not after an arm).
+    runs = [(arm, seed, settings.label(arm, seed)) for arm in settings.arms for seed in settings.seed_list]
+    recipes = {label: recipe_from_dict(arm_recipe(arm, out_dir=out, seed=seed, max_steps=settings.max_steps,
+                                                  label=label, steer_coef=steer_coef),
+                                       source=f"demo arm {label!r}")
+               for arm, seed, label in runs}
+    out.mkdir(parents=True, exist_ok=True)
+    for label, recipe in recipes.items():
+        with atomic_file(out / "recipes" / f"{label}.json") as handle:
+            json.dump(recipe.to_dict(), handle, indent=2)
+
+    training: dict[str, dict[str, Any]] = {}
+    for index, (arm, seed, label) in enumerate(runs, 1):
+        say(f"[emoreg demo] training {index}/{len(runs)}: {label} ({ARMS[arm].description}), seed {seed}, "
+            f"{settings.max_steps} steps")
+        training[label] = _train_arm(recipes[label], out / "checkpoints" / label)
+        say(f"[emoreg demo]   done in {training[label]['seconds']:.0f} s, final loss {training[label]['final_loss']}")
+
+    evals = _evaluate_all(settings, [label for _, _, label in runs], say=say)
+    say("[emoreg demo] writing the comparison report")
+    from emoreg.compare.report import load_eval_dir, write_report
+
+    models = [load_eval_dir(out / "evals" / label, label=label) for label in evals]
+    write_report(models, out / "report")
+
+    summary = build_summary(evals, training, settings, seconds=time.perf_counter() - start, calibration=calibration)
+    with atomic_file(out / SUMMARY_FILE) as handle:
+        json.dump(summary, handle, indent=2)
+        handle.write("\n")
+    say(format_summary(summary))
+    say(f"[emoreg demo] wrote {out / SUMMARY_FILE} and {out / 'report' / 'report.html'} "
+        f"in {summary['seconds']:.0f} s")
+    return summary
+
+
+def calibrate_steer(settings: DemoSettings, *, say: Callable[[str], None] = print) -> dict[str, Any]:
+    """The ``steer`` arm's coefficient, from the training data only.
+
+    Rule: the frozen base model reads every training reply (in context, reply tokens only) at the bundle layer;
+    the coefficient is the mean ``desperate`` z-score of those readings, so training-time steering moves the
+    projection by as much as the training targets carry, and the gradient no longer needs to build it. No
+    held-out request, no eval metric and no trained model is involved, and the value is not tuned.
+    """
+    from emoreg.models.checkpoint import load_for_eval
+    from emoreg.regularization.frozen_reader import FrozenEmotionReader
+    from emoreg.train.data import load_rows
+    from emoreg.vectors.bundle import EmotionVectors
+
+    vectors = EmotionVectors.from_pretrained("default")
+    model, tokenizer, _ = load_for_eval("default")
+    reader = FrozenEmotionReader(model, tokenizer, vectors, [TARGET_EMOTION], batch_size=settings.batch_size,
+                                 copy=False)
+    rows = load_rows(TRAIN_DATA, "sft")
+    contexts = [row["messages"][:-1] for row in rows]
+    replies = [row["messages"][-1]["content"] for row in rows]
+    z = reader.read_targets(contexts, replies)[:, 0]
+    finite = z[z.isfinite()]
+    coef = float(finite.mean())
+    say(f"[emoreg demo] steer calibration: the frozen base model reads the {len(finite)} training replies at "
+        f"z = {coef:.3f} (mean) at layer {reader.layer}; steer_coef = {coef:.3f} (z units)")
+    return {"steer_coef": coef, "layer": reader.layer, "rows": int(len(finite)),
+            "reply_z_std": float(finite.std()) if len(finite) > 1 else 0.0,
+            "rule": "mean frozen-base z-score of the training replies (in context, reply tokens) at the steer layer"}
+
+
+def _train_arm(recipe, output_dir: Path) -> dict[str, Any]:
+    """Train one arm, or reuse a finished run of the same recipe (``emoreg_train.json`` + weights present)."""
+    from emoreg.train.run import TRAIN_INFO_FILE, train
+
+    marker = output_dir / "emoreg_demo_arm.json"
+    if marker.is_file() and (output_dir / TRAIN_INFO_FILE).is_file():
+        done = json.loads(marker.read_text())
+        if done.get("recipe") == recipe.to_dict():
+            logger.info("emoreg demo: reusing the finished run in %s", output_dir)
+            return done["training"]
+    result = train(recipe)
+    losses = [entry["loss"] for entry in result.log_history if "loss" in entry]
+    emoreg_logs = {k: v for entry in result.log_history for k, v in entry.items() if k.startswith("emoreg/")}
+    training = {"seconds": round(result.seconds, 1), "global_step": result.global_step,
+                "train_loss": result.train_loss, "final_loss": result.final_loss, "losses": losses,
+                "last_emoreg_logs": emoreg_logs}
+    with atomic_file(marker) as handle:
+        json.dump({"recipe": recipe.to_dict(), "training": training}, handle, indent=2)
+    return training
+
+
+def make_suites(settings: DemoSettings):
+    """The suite instances of every evaluated model (shared, so suites may keep base-model readings)."""
+    from emoreg.evals.suites import get_suite
+    from emoreg.evals.suites.expression import ExpressionSuite
+    from emoreg.evals.suites.reply_format import ReplyFormatSuite
+    from emoreg.vectors.bundle import EmotionVectors
+
+    layer = EmotionVectors.from_pretrained("default").default_layer
+    read_layers = [layer, *[m for m in MULTI_LAYERS if m != layer]]
+    return [ExpressionSuite(max_new_tokens=settings.reply_tokens, read_replies=True, read_layers=read_layers),
+            ReplyFormatSuite(max_new_tokens=settings.reply_tokens),
+            get_suite("concealment"), get_suite("capability")]
+
+
+def spillover_path() -> Path:
+    from emoreg.train.data import builtin_folder
+
+    return Path(str(builtin_folder())) / f"{SPILLOVER_DATA}.jsonl"
+
+
+def _evaluate_all(settings: DemoSettings, labels: list[str], *,
+                  say: Callable[[str], None]) -> dict[str, dict[str, Any]]:
+    """Evaluate base and every checkpoint; returns ``{label: {"results": ..., "records": [...]}}``."""
+    from emoreg.compare.report import load_records
+    from emoreg.evals.generation import GenerationSettings
+    from emoreg.evals.suites.base import EvalContext
+    from emoreg.models.checkpoint import load_for_eval
+    from emoreg.vectors.bundle import EmotionVectors
+
+    vectors = EmotionVectors.from_pretrained("default")
+    base_model, base_tokenizer, _ = load_for_eval("default")
+    suites = make_suites(settings)
+    evals: dict[str, dict[str, Any]] = {}
+    all_labels = ["base", *labels]
+    for index, label in enumerate(all_labels, 1):
+        say(f"[emoreg demo] evaluating {index}/{len(all_labels)}: {label}")
+        if label == "base":
+            model, tokenizer, info = base_model, base_tokenizer, None
+        else:
+            model, tokenizer, info = load_for_eval(str(settings.out_dir / "checkpoints" / label))
+        ctx = EvalContext(model=model, tokenizer=tokenizer, vectors=vectors, seed=settings.seed,
+                          batch_size=settings.batch_size,
+                          generation=GenerationSettings(max_new_tokens=settings.reply_tokens),
+                          base_model=base_model, target_emotions=[TARGET_EMOTION])
+        results = _run_limited(ctx, suites, settings, label, info)
+        evals[label] = {"results": results,
+                        "records": load_records(settings.out_dir / "evals" / label / "records.jsonl")}
+        del model
+    return evals
+
+
+def _run_limited(ctx, suites, settings: DemoSettings, label: str, info) -> dict[str, Any]:
+    """Run each suite with its own item limit, merged into one results.json/records.jsonl per model."""
+    from emoreg.compare.report import load_records
+    from emoreg.evals.runner import run_suites, write_outputs
+
+    limits = settings.limits()
+    model_info = {"ref": label if info is None else info.ref, "kind": "default" if info is None else info.kind,
+                  "base": None if info is None else "default",
+                  "emoreg_config": None if info is None else info.emoreg_config,
+                  "train_info": None if info is None else info.train_info}
+    merged: dict[str, Any] | None = None
+    records: list[dict[str, Any]] = []
+    scratch = settings.out_dir / "evals" / label / "parts"
+    for suite in suites:
+        part_dir = scratch / suite.name
+        data = {"expression": spillover_path()} if suite.name == "expression" else None
+        results = run_suites(ctx, [suite], data=data, limit=limits[suite.name],
+                             out_dir=part_dir, progress=True, use_cache=settings.use_cache, model_info=model_info,
+                             vectors_ref="default")
+        if merged is None:
+            merged = results
+        else:
+            merged["suites"].update(results["suites"])
+        records.extend(load_records(part_dir / "records.jsonl"))
+    assert merged is not None
+    merged["limit"] = {suite.name: limits[suite.name] for suite in suites}
+    write_outputs(settings.out_dir / "evals" / label, merged, records)
+    return merged
