@@ -49,7 +49,7 @@ def test_parse_arms_and_settings(tmp_path):
         parse_arms("ablat")
     settings = DemoSettings(out_dir=tmp_path, seeds=3, seed=5)
     assert settings.arms == list(DEFAULT_ARMS) and settings.seed_list == [5, 6, 7]
-    assert settings.label("none", 6) == "none-s6" and DemoSettings(out_dir=tmp_path).label("none", 0) == "none"
+    assert settings.label("none", 6) == "none-s6" and DemoSettings(out_dir=tmp_path).label("none", 0) == "none-s0"
     with pytest.raises(ConfigError, match="include it"):
         DemoSettings(out_dir=tmp_path, arms=["penalty"])
     with pytest.raises(ConfigError, match="seeds must be"):
@@ -96,7 +96,7 @@ def _evals(arms: dict[str, dict], seeds: int) -> dict:
     evals = {"base": _model(0.0, 0.0)}
     for arm, kwargs in arms.items():
         for s in range(seeds):
-            evals[arm if seeds == 1 else f"{arm}-s{s}"] = _model(seed=s, **kwargs)
+            evals[f"{arm}-s{s}"] = _model(seed=s, **kwargs)
     return evals
 
 
@@ -152,7 +152,7 @@ def test_summary_pools_seeds_pairs_requests_and_decides_on_intervals(tmp_path):
     assert "steer" in text and "blatant" in text and "p=" in text
 
 
-def test_one_seed_keeps_the_plain_labels_and_an_honest_arm(tmp_path):
+def test_one_seed_and_an_honest_arm(tmp_path):
     settings = DemoSettings(out_dir=tmp_path, arms=["none", "penalty"])
     evals = _evals({"none": dict(level=0.6, skill_rate=0.8), "penalty": dict(level=0.0, skill_rate=0.8)}, seeds=1)
     summary = build_summary(evals, _training(settings), settings, seconds=1.0)
@@ -164,7 +164,7 @@ def test_one_seed_keeps_the_plain_labels_and_an_honest_arm(tmp_path):
 def test_evasion_in_text_is_the_frozen_reader_without_the_text_judges(tmp_path):
     settings = DemoSettings(out_dir=tmp_path, arms=["none", "penalty"])
     evals = _evals({"none": dict(level=0.6, skill_rate=0.8), "penalty": dict(level=0.0, skill_rate=0.8)}, seeds=1)
-    for record in evals["penalty"]["records"]:  # the frozen reader (and the model) still read the emotion
+    for record in evals["penalty-s0"]["records"]:  # the frozen reader (and the model) still read the emotion
         if record["suite"] == "expression":
             record["reading"][LAYER]["base"][TARGET_EMOTION] += 1.0
             record["reading"][LAYER]["own"][TARGET_EMOTION] += 1.0

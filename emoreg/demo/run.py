@@ -57,8 +57,8 @@ class DemoSettings:
         return [self.seed + i for i in range(self.seeds)]
 
     def label(self, arm: str, seed: int) -> str:
-        """The checkpoint and eval label of ``arm`` trained with ``seed`` (just the arm for a one-seed run)."""
-        return arm if self.seeds == 1 else f"{arm}-s{seed}"
+        """The checkpoint and eval label of ``arm`` trained with ``seed`` (a run with more seeds reuses it)."""
+        return f"{arm}-s{seed}"
 
     def limits(self) -> dict[str, int | None]:
         return {"expression": self.spillover_limit, "reply_format": self.skill_limit,
