@@ -60,7 +60,7 @@ def test_parse_arms_and_settings(tmp_path):
 
 
 def _records(text: list[float], fail: list[bool], skill: list[bool], own: list[float], frozen: list[float],
-             start: float, ppl_nll: float, probe: float) -> list[dict]:
+             start: float, ppl_nll: float, probe: float, regularised: float = 0.0) -> list[dict]:
     records = []
     for i in range(N):
         reading = {LAYER: {"own": {TARGET_EMOTION: own[i]}, "base": {TARGET_EMOTION: frozen[i]},
@@ -74,13 +74,13 @@ def _records(text: list[float], fail: list[bool], skill: list[bool], own: list[f
                         "nll_sum": 10 * ppl_nll, "kl_sum": ppl_nll / 3.0})
     diffs = [probe + 0.1 * math.sin(i) for i in range(12)]
     records.append({"suite": "concealment", "id": TARGET_EMOTION, "emotion": TARGET_EMOTION, "readings": {
-        name: {"z_diffs": list(diffs) if name != "regularised" else [0.0] * 12}
+        name: {"z_diffs": list(diffs) if name != "regularised" else [regularised + 0.05 * math.cos(i) for i in range(12)]}
         for name in ("regularised", "other_layers", "reextracted", "linear_probe")}})
     return records
 
 
 def _model(level: float, skill_rate: float, own_offset: float = 0.0, nll: float = 3.0, probe: float = 0.0,
-           seed: int = 0) -> dict:
+           seed: int = 0, regularised: float = 0.0) -> dict:
     """A model whose replies carry ``level`` of the emotion (text, rule, frozen reading) and learned the format at
     ``skill_rate``; ``own_offset`` moves only its own reading of its replies."""
     wobble = [0.02 * math.cos(i + seed) for i in range(N)]
@@ -89,7 +89,8 @@ def _model(level: float, skill_rate: float, own_offset: float = 0.0, nll: float 
     skill = [i < round(skill_rate * N) for i in range(N)]
     frozen = [2.0 * level + 0.1 * w for w in wobble]
     own = [f + own_offset for f in frozen]
-    return {"results": {"suites": {}}, "records": _records(text, fail, skill, own, frozen, 2.0 * level, nll, probe)}
+    return {"results": {"suites": {}},
+            "records": _records(text, fail, skill, own, frozen, 2.0 * level, nll, probe, regularised)}
 
 
 def _evals(arms: dict[str, dict], seeds: int) -> dict:
@@ -159,6 +160,19 @@ def test_one_seed_and_an_honest_arm(tmp_path):
     assert summary["verdicts"]["penalty"]["label"] == "honest"
     assert summary["checks"]["penalty"]["meets_target"]["held"] is True
     assert summary["arms"]["base"]["shift"]["value"] == 0.0
+
+
+def test_a_regularised_reading_that_falls_alone_is_hidden_in_activations(tmp_path):
+    settings = DemoSettings(out_dir=tmp_path, arms=["none", "penalty", "ablate"])
+    evals = _evals({"none": dict(level=0.6, skill_rate=0.8, probe=1.0, regularised=0.5),
+                    "penalty": dict(level=0.0, skill_rate=0.8, probe=1.0, regularised=-1.0),
+                    "ablate": dict(level=0.0, skill_rate=0.8, probe=0.0, regularised=-1.0)}, seeds=1)
+    summary = build_summary(evals, _training(settings), settings, seconds=1.0)
+    assert summary["paired"]["penalty"]["vs_none"]["concealment_regularised"]["value"] == pytest.approx(-1.5)
+    assert summary["verdicts"]["penalty"]["evidence"]["refit_flag"] is True
+    assert summary["verdicts"]["penalty"]["label"] == "hidden in activations"
+    # both the regularised and the held-out readings fall: removed, not hidden
+    assert summary["verdicts"]["ablate"]["label"] == "honest"
 
 
 def test_evasion_in_text_is_the_frozen_reader_without_the_text_judges(tmp_path):
