@@ -63,3 +63,45 @@ def test_atomic_file_leaves_nothing_behind_when_the_final_replace_fails(tmp_path
         with atomic_file(target) as handle:
             handle.write("x")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and target.is_dir()
+
+
+def test_atomic_directory_never_replaces_what_is_not_ours(tmp_path):
+    from emoreg.errors import ConfigError
+
+    def ours(path):
+        return (path / "marker").is_file()
+
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "src" / "main.py").write_text("code")
+    with pytest.raises(ConfigError, match="non-empty directory that does not hold the thing"):
+        with atomic_directory(project, is_ours=ours, what="the thing") as tmp:
+            (tmp / "marker").write_text("x")
+    assert (project / "src" / "main.py").read_text() == "code"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["project"]  # no temporary left behind
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep me")
+    with pytest.raises(ConfigError, match="exists and is not a directory"):
+        with atomic_directory(a_file, is_ours=ours, what="the thing"):
+            pass
+    assert a_file.read_text() == "keep me"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with atomic_directory(empty, is_ours=ours) as tmp:
+        (tmp / "marker").write_text("1")
+    with atomic_directory(empty, is_ours=ours) as tmp:  # ours now: replaced
+        (tmp / "marker").write_text("2")
+    assert (empty / "marker").read_text() == "2"
+
+
+def test_a_foreign_directory_appearing_during_the_work_is_not_replaced(tmp_path):
+    from emoreg.errors import ConfigError
+
+    target = tmp_path / "out"
+    with pytest.raises(ConfigError, match="non-empty directory"):
+        with atomic_directory(target, is_ours=lambda p: False) as tmp:
+            (tmp / "result").write_text("new")
+            target.mkdir()
+            (target / "theirs").write_text("theirs")
+    assert (target / "theirs").read_text() == "theirs"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -132,7 +132,7 @@ def test_missing_and_malformed_files(tmp_path):
     meta = json.loads((path / "bundle.json").read_text())
     meta["format_version"] = 99
     (path / "bundle.json").write_text(json.dumps(meta))
-    with pytest.raises(BundleError, match="format version 99 is not supported"):
+    with pytest.raises(BundleError, match="format version 99 is newer than emoreg"):
         EmotionVectors.from_pretrained(path)
 
 
@@ -177,3 +177,49 @@ def test_stats_missing_is_a_clear_error():
         _bundle(with_stats=False).stats(1)
     with pytest.raises(BundleError, match="percentile 42"):
         _bundle().stats(1).percentile(42)
+
+
+def test_save_never_replaces_a_directory_or_file_that_is_not_a_bundle(tmp_path):
+    from emoreg.errors import ConfigError
+
+    bundle = _bundle()
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "src" / "main.py").write_text("code")
+    with pytest.raises(ConfigError, match="does not hold an emoreg bundle"):
+        bundle.save_pretrained(project)
+    assert (project / "src" / "main.py").read_text() == "code" and sorted(p.name for p in project.iterdir()) == ["src"]
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep")
+    with pytest.raises(ConfigError, match="not a directory"):
+        bundle.save_pretrained(notes)
+    assert notes.read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "project"]
+
+
+def test_resaving_a_bundle_keeps_its_other_files_and_folders(tmp_path):
+    out = tmp_path / "bundle"
+    _bundle().save_pretrained(out)
+    (out / "validation").mkdir()
+    (out / "validation" / "report.md").write_text("report")
+    (out / "notes.txt").write_text("notes")
+    _bundle(emotions=("calm", "sad")).save_pretrained(out)
+    assert (out / "validation" / "report.md").read_text() == "report" and (out / "notes.txt").read_text() == "notes"
+    assert EmotionVectors.from_pretrained(out).emotions == ["calm", "sad"]
+
+
+@pytest.mark.parametrize(("mutate", "message"), [
+    (lambda m: [m], "expected a JSON object, got a JSON list"),
+    (lambda m: {**m, "layers": ["a"]}, r"field 'layers' must be a list of layer indices .* got \['a'\]"),
+    (lambda m: {**m, "emotions": "happy"}, "field 'emotions' must be a list of emotion names"),
+    (lambda m: {**m, "default_layer": "2"}, "field 'default_layer' must be a layer index, got '2'"),
+    (lambda m: {**m, "format_version": "1"}, "field 'format_version' must be a positive whole number, got '1'"),
+    (lambda m: {**m, "format_version": 99}, "bundle format version 99 is newer than emoreg"),
+])
+def test_malformed_bundle_json_is_a_bundle_error_naming_the_field(tmp_path, mutate, message):
+    out = tmp_path / "bundle"
+    _bundle().save_pretrained(out)
+    meta = json.loads((out / "bundle.json").read_text())
+    (out / "bundle.json").write_text(json.dumps(mutate(meta)))
+    with pytest.raises(BundleError, match=message):
+        EmotionVectors.from_pretrained(out)

@@ -21,7 +21,11 @@ def add_parser(subparsers) -> None:
                     "save the bundle and its validation report.",
     )
     add_model_arguments(parser)
-    parser.add_argument("--out", required=True, help="bundle directory to write")
+    parser.add_argument("--out", required=True,
+                        help="bundle directory to write: a new path, an empty directory, or an existing bundle "
+                             "with --overwrite (anything else is refused before any work starts)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the bundle already at --out (other files and folders in it are kept)")
     parser.add_argument("--layers", default="all", help="'all', '10,20' or '10-20' (default: all)")
     parser.add_argument("--emotions", help="comma-separated emotions to extract (default: every emotion in the corpus)")
     parser.add_argument("--stories", action="append", default=[], metavar="FILE",
@@ -78,6 +82,18 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(run=run)
 
 
+def check_out(out: Path, *, overwrite: bool) -> None:
+    """Refuse ``--out`` before any work: not a bundle (never replaced), or a bundle without ``--overwrite``."""
+    from emoreg.errors import ConfigError
+    from emoreg.utils.atomic import check_replaceable
+    from emoreg.vectors.bundle import is_bundle_dir
+
+    check_replaceable(out, is_bundle_dir, "an emoreg bundle")
+    if is_bundle_dir(out) and not overwrite:
+        raise ConfigError(f"--out {out} already holds an emoreg bundle; pass --overwrite to replace it "
+                          "(other files in it are kept) or choose a new path")
+
+
 def run(args: argparse.Namespace) -> int:
     from emoreg.errors import ConfigError
     from emoreg.models.loading import load_model_and_tokenizer, resolve_model_source
@@ -88,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
     from emoreg.vectors.extraction import ExtractionConfig, extract_emotion_vectors
     from emoreg.vectors.validation import build_validation_report, summarize, write_validation_report
 
+    check_out(Path(args.out), overwrite=args.overwrite)
     layers = parse_layers(args.layers)
     emotions = parse_names(args.emotions)
     extra = [story for path in args.stories for story in load_stories(path)]
@@ -124,6 +141,15 @@ def run(args: argparse.Namespace) -> int:
     if "stories" not in sources and not args.no_builtin_stories and extra:
         raise ConfigError("--stories was given but --sources does not include 'stories'")
     corpus = corpus.select(emotions)
+    if "stories" in sources:  # before the model loads, naming the files the stories came from
+        from emoreg.errors import DataFormatError
+
+        try:
+            corpus.validate()
+        except DataFormatError as exc:
+            files = [str(path) for path in args.stories]
+            origin = ", ".join(files) if args.no_builtin_stories else ", ".join(["the built-in corpus", *files])
+            raise DataFormatError(f"{exc} (stories from {origin})") from None
     config = ExtractionConfig(
         layers=layers, token_offset=args.token_offset, sink_tokens=args.sink_tokens, batch_size=args.batch_size,
         max_length=args.max_length, pca_variance=args.pca_variance, max_pcs=args.max_pcs,

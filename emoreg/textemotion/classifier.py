@@ -45,6 +45,15 @@ NEUTRAL = "neutral"
 SCORE_REDUCTIONS = ("max", "mean", "text")
 
 
+def is_classifier_dir(path: str | Path) -> bool:
+    """Whether ``path`` holds a saved classifier (``classifier.json`` with the classifier format)."""
+    try:
+        data = json.loads((Path(path) / METADATA_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and data.get("format") == FORMAT
+
+
 def default_classifier_path() -> Path:
     """Directory of the classifier shipped with the package."""
     return Path(str(resources.files("emoreg") / "data" / "textemotion"))
@@ -195,9 +204,12 @@ class TextEmotionClassifier:
         return [float(p[:, column].mean()) for p in per_text]
 
     def save_pretrained(self, path: str | Path) -> Path:
-        """Write ``classifier.safetensors`` and ``classifier.json`` to directory ``path`` atomically."""
+        """Write ``classifier.safetensors`` and ``classifier.json`` to directory ``path`` atomically.
+
+        ``path`` must be new, an empty directory or an existing classifier directory (anything else is refused
+        with a :class:`~emoreg.errors.ConfigError`)."""
         path = Path(path)
-        with atomic_directory(path) as tmp:
+        with atomic_directory(path, is_ours=is_classifier_dir, what="a text-emotion classifier") as tmp:
             save_file({"weight": self.weight.contiguous(), "bias": self.bias.contiguous()}, str(tmp / TENSORS_FILE),
                       metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
             meta = {**self.metadata, "format": FORMAT, "format_version": FORMAT_VERSION,

@@ -5,20 +5,52 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from emoreg.errors import ConfigError
+
+
+def check_replaceable(target: str | Path, is_ours: Callable[[Path], bool], what: str) -> None:
+    """Refuse to replace anything at ``target`` that is not ours.
+
+    ``target`` may be missing, an empty directory, or a directory ``is_ours`` recognises (e.g. an existing
+    bundle); a file, a symlink, or a non-empty directory of anything else is an error that names the path,
+    so an output path mistyped as a project folder never deletes it. The parent must be writable.
+
+    Raises:
+        ConfigError: with the reason and what to do instead.
+    """
+    target = Path(target)
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise ConfigError(f"{target} exists and is not a directory; refusing to replace it with {what} "
+                          "(choose a new path)")
+    if target.is_dir() and any(target.iterdir()) and not is_ours(target):
+        raise ConfigError(f"{target} is a non-empty directory that does not hold {what}; refusing to replace it "
+                          "(choose a new path or an empty directory)")
+    parent = target.parent if target.parent != Path("") else Path(".")
+    existing = parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write {what} to {target}: {existing} is not writable")
+
 
 @contextmanager
-def atomic_directory(target: str | Path) -> Iterator[Path]:
+def atomic_directory(target: str | Path, *, is_ours: Callable[[Path], bool] | None = None,
+                     what: str = "the output") -> Iterator[Path]:
     """Yield a temporary directory that replaces ``target`` when the block succeeds.
 
     The temporary directory lives next to ``target`` (same filesystem, so the
     final rename is atomic). If the block raises, the temporary directory is
-    removed and ``target`` is left exactly as it was.
+    removed and ``target`` is left exactly as it was. With ``is_ours``, an existing
+    ``target`` is replaced only when :func:`check_replaceable` allows it (checked
+    before the block runs, and again before the swap).
     """
     target = Path(target)
+    if is_ours is not None:
+        check_replaceable(target, is_ours, what)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
@@ -27,6 +59,12 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _default_permissions(tmp)
+    if is_ours is not None:
+        try:
+            check_replaceable(target, is_ours, what)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     old = None
     if target.exists():
         old = target.parent / f".{target.name}.old-{os.getpid()}"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +39,16 @@ from emoreg.version import __version__
 FORMAT_VERSION = 1
 TENSORS_FILE = "vectors.safetensors"
 METADATA_FILE = "bundle.json"
+
+
+def is_bundle_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a directory holding an emoreg bundle (``bundle.json`` with the bundle format)."""
+    metadata = Path(path) / METADATA_FILE
+    try:
+        data = json.loads(metadata.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and data.get("format") == "emoreg-vectors"
 DEFAULT_BUNDLE = "default"
 DEFAULT_PERCENTILES: tuple[float, ...] = (1.0, 5.0, 25.0, 50.0, 75.0, 95.0, 99.0)
 _UNIT_TOLERANCE = 1e-3
@@ -200,7 +211,11 @@ class EmotionVectors:
         try:
             return self._emotions.index(emotion)
         except ValueError:
-            raise BundleError(f"emotion {emotion!r} is not in the bundle; it has {self._emotions}") from None
+            import difflib
+
+            close = difflib.get_close_matches(str(emotion), self._emotions, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise BundleError(f"emotion {emotion!r} is not in the bundle{hint}; it has {self._emotions}") from None
 
     def layer_index(self, layer: int) -> int:
         try:
@@ -323,7 +338,9 @@ class EmotionVectors:
     def save_pretrained(self, path: str | Path) -> Path:
         """Write the bundle to directory ``path`` atomically and return it.
 
-        Other files already in ``path`` (a validation report) are kept."""
+        ``path`` must be new, an empty directory or an existing bundle (anything else is refused with a
+        :class:`~emoreg.errors.ConfigError`, before and after the work, so nothing that is not a bundle is ever
+        replaced). Other files and folders already in a bundle directory (a validation report) are kept."""
         path = Path(path)
         tensors = {"directions": self._directions}
         if self._stats_mean is not None:
@@ -332,11 +349,15 @@ class EmotionVectors:
             tensors["stats.std"] = self._stats_std
         if self._stats_percentiles is not None:
             tensors["stats.percentiles"] = self._stats_percentiles
-        with atomic_directory(path) as tmp:
+        with atomic_directory(path, is_ours=is_bundle_dir, what="an emoreg bundle") as tmp:
             if path.is_dir():
                 for existing in path.iterdir():
-                    if existing.name not in (TENSORS_FILE, METADATA_FILE) and existing.is_file():
-                        (tmp / existing.name).write_bytes(existing.read_bytes())
+                    if existing.name in (TENSORS_FILE, METADATA_FILE):
+                        continue
+                    if existing.is_dir() and not existing.is_symlink():
+                        shutil.copytree(existing, tmp / existing.name, symlinks=True)
+                    else:
+                        shutil.copy2(existing, tmp / existing.name, follow_symlinks=False)
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / TENSORS_FILE),
                       metadata={"format": "emoreg-vectors", "format_version": str(FORMAT_VERSION)})
             (tmp / METADATA_FILE).write_text(json.dumps(self.metadata(), indent=2) + "\n", encoding="utf-8")
@@ -373,19 +394,34 @@ class EmotionVectors:
                 raise BundleError(f"{path}: not a vector bundle, {required.name} is missing")
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise BundleError(f"{meta_path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            detail = f"{exc.msg}, line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
+            raise BundleError(f"{meta_path}: not valid JSON ({detail})") from None
+        if not isinstance(meta, dict):
+            raise BundleError(f"{meta_path}: expected a JSON object, got a JSON {type(meta).__name__}")
         if meta.get("format") != "emoreg-vectors":
             raise BundleError(f"{meta_path}: not an emoreg vector bundle (field 'format' is {meta.get('format')!r})")
         version = meta.get("format_version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise BundleError(f"{meta_path}: field 'format_version' must be a positive whole number, got {version!r}")
+        if version > FORMAT_VERSION:
             raise BundleError(
-                f"{meta_path}: bundle format version {version!r} is not supported by emoreg {__version__} "
-                f"(supports up to {FORMAT_VERSION}); upgrade emoreg"
+                f"{meta_path}: bundle format version {version} is newer than emoreg {__version__} reads "
+                f"(up to {FORMAT_VERSION}); upgrade emoreg"
             )
         for field in ("emotions", "layers", "default_layer"):
             if field not in meta:
                 raise BundleError(f"{meta_path}: missing field {field!r}")
+        if not isinstance(meta["emotions"], list) or not all(isinstance(e, str) and e for e in meta["emotions"]):
+            raise BundleError(f"{meta_path}: field 'emotions' must be a list of emotion names, "
+                              f"got {meta['emotions']!r:.80}")
+        if not isinstance(meta["layers"], list) or not all(
+                isinstance(layer, int) and not isinstance(layer, bool) and layer >= 0 for layer in meta["layers"]):
+            raise BundleError(f"{meta_path}: field 'layers' must be a list of layer indices (whole numbers >= 0), "
+                              f"got {meta['layers']!r:.80}")
+        default_layer = meta["default_layer"]
+        if isinstance(default_layer, bool) or not isinstance(default_layer, int):
+            raise BundleError(f"{meta_path}: field 'default_layer' must be a layer index, got {default_layer!r}")
         try:
             tensors = load_file(str(tensor_path))
         except Exception as exc:  # safetensors raises its own error types
