@@ -493,7 +493,7 @@ def test_recipe_block_loads_records_defaults_and_rejects_typos(tmp_path):
         recipe_from_dict({**data, "kl_anchor": {"coeff": 0.1, "examples": "builtin"}})
     with pytest.raises(ConfigError, match=r"override: unknown key 'kl_anchor\.batchsize'"):
         recipe_from_dict(data, overrides=["kl_anchor.batchsize=2"])
-    with pytest.raises(ConfigError, match=r"recipe: kl_anchor\.coef must be a positive number"):
+    with pytest.raises(ConfigError, match=r"override: kl_anchor\.coef must be a positive number"):
         recipe_from_dict(data, overrides=["kl_anchor.coef=0"])
     with pytest.raises(ConfigError, match=r"recipe: kl_anchor\.examples: missing\.jsonl is not a file"):
         recipe_from_dict({**data, "kl_anchor": {"coef": 0.1, "examples": "missing.jsonl"}})

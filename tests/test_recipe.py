@@ -85,6 +85,9 @@ def test_typos_and_bad_values_in_the_file_fail_fast(tmp_path, no_model_load, mut
     ("trainer.args.max_steps", r"expected KEY=VALUE"),
     ("trainer.args.max_steps=0", r"trainer\.args\.max_steps must be a positive number of optimizer steps, or -1"),
     ("trainer.args.max_steps=-5", r"max_steps must be a positive number .* got -5"),
+    ("trainer.args.learning_rate=abc", r"trainer\.args\.learning_rate must be a number, got 'abc'"),
+    ("trainer.args.remove_unused_columns=maybe", r"remove_unused_columns must be true or false, got 'maybe'"),
+    ("trainer.args.per_device_train_batch_size=2.5", r"per_device_train_batch_size must be a whole number, got 2\.5"),
 ])
 def test_typos_in_overrides_fail_fast(tmp_path, no_model_load, override, expected):
     with pytest.raises(ConfigError, match=expected):
@@ -155,3 +158,16 @@ def test_cli_reports_a_typo_in_one_line_with_exit_code_2(capsys, no_model_load):
     err = capsys.readouterr().err.strip()
     assert err.startswith("emoreg train: error: override: unknown key 'trainer.args.per_device_batch_size'")
     assert "per_device_train_batch_size" in err and "\n" not in err
+
+
+def test_numbers_written_as_strings_become_numbers(tmp_path, no_model_load):
+    data = _base()
+    data["trainer"]["args"]["learning_rate"] = "2e-4"
+    recipe = load_recipe(_write(tmp_path, data))
+    assert recipe.trainer.args["learning_rate"] == 2e-4
+
+
+def test_a_bad_value_given_as_an_override_is_blamed_on_the_override(tmp_path, no_model_load):
+    path = _write(tmp_path, _base())
+    with pytest.raises(ConfigError, match=r"^override: emoreg\.regularizer: coef must be >= 0, got -1"):
+        load_recipe(path, ["emoreg.regularizer.coef=-1"])

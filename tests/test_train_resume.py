@@ -101,3 +101,41 @@ def test_resume_from_an_explicit_checkpoint_path(tmp_path):
     recorder = StepRecorder()
     resumed = train(_recipe(tmp_path, assets, "run", resume=checkpoint), callbacks=[recorder])
     assert resumed.global_step == 4 and recorder.steps == [3, 4]
+
+
+def test_resume_skips_a_checkpoint_left_incomplete_by_a_kill_during_its_save(tmp_path, caplog):
+    import logging
+    import shutil
+
+    from emoreg.errors import ConfigError
+    from emoreg.train.run import train
+
+    assets = tiny_assets(tmp_path / "assets")
+    with pytest.raises(Interrupt):
+        train(_recipe(tmp_path, assets, "run"), callbacks=[InterruptAt(3)])
+    run = tmp_path / "run"
+    # a kill during the save of checkpoint-4: weights written, trainer_state.json / emoreg_state.json not yet
+    shutil.copytree(run / "checkpoint-2", run / "checkpoint-4")
+    (run / "checkpoint-4" / "trainer_state.json").unlink()
+    (run / "checkpoint-4" / "emoreg_state.json").unlink()
+    recorder = StepRecorder()
+    with caplog.at_level(logging.WARNING, logger="emoreg.train.run"):
+        resumed = train(_recipe(tmp_path, assets, "run", resume=True), callbacks=[recorder])
+    assert resumed.global_step == 4 and recorder.steps == [3, 4]
+    assert "skipping incomplete checkpoint(s) checkpoint-4 (no trainer_state.json, emoreg_state.json)" in caplog.text
+    # the resumed run saved a complete checkpoint-4; an explicit path to an incomplete one is refused
+    shutil.copytree(run / "checkpoint-2", run / "checkpoint-9")
+    (run / "checkpoint-9" / "trainer_state.json").unlink()
+    with pytest.raises(ConfigError, match=r"checkpoint-9 is incomplete \(no trainer_state.json; the run"):
+        train(_recipe(tmp_path, assets, "again", resume=str(run / "checkpoint-9")))
+
+
+def test_resume_with_no_complete_checkpoint_names_them(tmp_path):
+    from emoreg.errors import ConfigError
+    from emoreg.train.run import resolve_resume
+
+    assets = tiny_assets(tmp_path / "assets")
+    recipe = _recipe(tmp_path, assets, "run", resume=True)
+    (tmp_path / "run" / "checkpoint-2").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"no checkpoint in .* is complete: checkpoint-2 \(no trainer_state.json"):
+        resolve_resume(recipe)

@@ -201,3 +201,21 @@ def test_eval_block_attaches_the_eval_callback_with_the_recipe_settings(tmp_path
     assert [s.name for s in callback.suites] == ["capability"] and callback.every_n_steps == 2
     assert callback.limit == 3 and callback.max_new_tokens == 8 and callback.trainer is trainer
     assert callback.vectors == data["emoreg"]["vectors"] and callback.base_model == data["model"]["ref"]
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda r: r["emotions"].update({"desprate": 1.0}),
+     r"emoreg\.regularizer\.emotions: emotion 'desprate' is not in the bundle \(did you mean 'desperate'\?\)"),
+    (lambda r: r.update({"layers": [7]}), r"emoreg\.regularizer\.layers: layer 7 is not in the bundle"),
+])
+def test_regularizer_emotions_and_layers_are_checked_before_the_model_loads(tmp_path, monkeypatch, change, message):
+    from emoreg.models import loading
+    from emoreg.train.run import train
+
+    monkeypatch.setattr(loading, "load_model_and_tokenizer",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("the model was loaded")))
+    data = tiny_recipe(tmp_path, "sft")
+    data["emoreg"]["regularizer"] = {**REGULARIZER, "emotions": dict(REGULARIZER["emotions"])}
+    change(data["emoreg"]["regularizer"])
+    with pytest.raises(ConfigError, match=message):
+        train(recipe_from_dict(data))

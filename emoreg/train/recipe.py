@@ -43,6 +43,7 @@ import dataclasses
 import difflib
 import importlib
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -313,11 +314,63 @@ def check_trainer_args(args: dict[str, Any], trainer_type: str, source: str) -> 
             raise ConfigError(f"{source}: unknown key 'trainer.args.{key}'{hint}; trainer.args takes the fields of "
                               f"trl.{config_class.__name__} ({len(valid)} fields, e.g. max_steps, learning_rate, "
                               f"per_device_train_batch_size)")
+    _check_scalar_types(args, config_class, source)
     max_steps = args.get("max_steps")
     if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int)
                                   or max_steps == 0 or max_steps < -1):
         raise ConfigError(f"{source}: trainer.args.max_steps must be a positive number of optimizer steps, or -1 "
                           f"to train for num_train_epochs; got {max_steps!r}")
+
+
+def _scalar_type(hint: Any) -> type | None:
+    """``float``, ``int`` or ``bool`` for a field typed as one of them (optionally ``Optional``), else None."""
+    import types
+    import typing
+
+    if hint in (float, int, bool):
+        return hint
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(options) == 1 and options[0] in (float, int, bool):
+            return options[0]
+    return None
+
+
+def _check_scalar_types(args: dict[str, Any], config_class: type, source: str) -> None:
+    """Type-check ``trainer.args`` values of number and boolean fields when the recipe loads (before any model
+    loads); numbers written as strings (``"2e-4"``) become numbers, anything else is an error naming the key."""
+    import typing
+
+    try:
+        hints = typing.get_type_hints(config_class)
+    except Exception:  # an annotation this Python cannot resolve: leave the check to the trainer
+        return
+    for key, value in list(args.items()):
+        expected = _scalar_type(hints.get(key))
+        if expected is None or value is None:
+            continue
+        if expected is bool:
+            if isinstance(value, bool):
+                continue
+            if isinstance(value, str) and value.lower() in ("true", "false"):
+                args[key] = value.lower() == "true"
+                continue
+            raise ConfigError(f"{source}: trainer.args.{key} must be true or false, got {value!r}")
+        if isinstance(value, bool):
+            raise ConfigError(f"{source}: trainer.args.{key} must be a number, got {value!r}")
+        if expected is int:
+            if isinstance(value, int):
+                continue
+            if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+                args[key] = int(value)
+                continue
+            raise ConfigError(f"{source}: trainer.args.{key} must be a whole number, got {value!r}")
+        if isinstance(value, (int, float)):
+            continue
+        try:
+            args[key] = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{source}: trainer.args.{key} must be a number, got {value!r}") from None
 
 
 def validate(recipe: Recipe, *, source: str = "recipe", override_tree: dict[str, Any] | None = None) -> None:
@@ -347,12 +400,13 @@ def validate(recipe: Recipe, *, source: str = "recipe", override_tree: dict[str,
         try:
             _regularizer(recipe.emoreg.regularizer)
         except ConfigError as exc:
-            raise ConfigError(f"{source}: emoreg.regularizer: {exc}") from None
+            where = _blame(source, override_tree, ("emoreg", "regularizer"), str(exc))
+            raise ConfigError(f"{where}: emoreg.regularizer: {exc}") from None
     if recipe.kl_anchor is not None:
         try:
             recipe.kl_anchor_config()
         except ConfigError as exc:
-            raise ConfigError(f"{source}: {exc}") from None
+            raise ConfigError(f"{_blame(source, override_tree, ('kl_anchor',), str(exc))}: {exc}") from None
     _validate_eval(recipe.eval, source)
     resume = recipe.resume_from_checkpoint
     if resume is not None and not isinstance(resume, (bool, str)):
@@ -479,6 +533,24 @@ def _validate_eval(spec: EvalSpec, source: str) -> None:
     except ImportError as exc:
         raise ConfigError(f"{source}: eval.enabled needs emoreg.integrations.eval_callback, which cannot be "
                           f"imported ({exc}); set eval.enabled=false") from None
+
+
+def _blame(source: str, override_tree: dict[str, Any] | None, section: tuple[str, ...], message: str) -> str:
+    """``"override"`` when a key the error names was set by a ``key=value`` override, else ``source``."""
+    overridden = _get(override_tree or {}, *section)
+    if not isinstance(overridden, dict):
+        return source
+    names = [str(key) for key in _flatten(overridden)]
+    return "override" if any(re.search(rf"\b{re.escape(name)}\b", message) for name in names) else source
+
+
+def _flatten(tree: dict[str, Any]) -> list[str]:
+    keys = []
+    for key, value in tree.items():
+        keys.append(str(key))
+        if isinstance(value, dict):
+            keys.extend(_flatten(value))
+    return keys
 
 
 def _regularizer(data: dict[str, Any]) -> RegularizerConfig:

@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -197,20 +198,59 @@ def write_train_info(directory: Path, info: dict[str, Any]) -> Path:
     return path
 
 
+def missing_checkpoint_files(checkpoint: Path, *, needs_emoreg: bool) -> list[str]:
+    """What a checkpoint directory lacks to be resumed from (empty: complete).
+
+    The transformers Trainer writes ``trainer_state.json`` after the weights, optimizer and RNG state, and the
+    emoreg callback writes ``emoreg_state.json`` after that (``on_save``): a run killed during a save leaves a
+    ``checkpoint-N`` without them.
+    """
+    from emoreg.integrations.callback import STATE_FILE
+
+    missing = [] if (checkpoint / "trainer_state.json").is_file() else ["trainer_state.json"]
+    if needs_emoreg and not (checkpoint / STATE_FILE).is_file():
+        missing.append(STATE_FILE)
+    return missing
+
+
 def resolve_resume(recipe: Recipe) -> str | None:
-    """The checkpoint to resume from: None, the last one in output_dir (``true``) or the given path."""
+    """The checkpoint to resume from: None, the last complete one in output_dir (``true``) or the given path.
+
+    With ``true``, incomplete checkpoints (a run killed while saving) are skipped with a warning naming them;
+    a given path must be complete.
+    """
     resume = recipe.resume_from_checkpoint
     if resume is None or resume is False:
         return None
+    needs_emoreg = bool(recipe.emoreg.enabled)
     if resume is True:
-        from transformers.trainer_utils import get_last_checkpoint
-
-        last = get_last_checkpoint(recipe.output_dir) if Path(recipe.output_dir).is_dir() else None
-        if last is None:
+        output = Path(recipe.output_dir)
+        numbered = []
+        if output.is_dir():
+            for child in output.iterdir():
+                match = re.fullmatch(r"checkpoint-(\d+)", child.name)
+                if match and child.is_dir():
+                    numbered.append((int(match.group(1)), child))
+        if not numbered:
             raise ConfigError(f"resume_from_checkpoint=true, but {recipe.output_dir} has no checkpoint-N directory")
-        return last
-    if not Path(resume).is_dir():
+        skipped = []
+        for _, checkpoint in sorted(numbered, reverse=True):
+            missing = missing_checkpoint_files(checkpoint, needs_emoreg=needs_emoreg)
+            if not missing:
+                if skipped:
+                    logger.warning("emoreg: skipping incomplete checkpoint(s) %s (a run stopped while saving); "
+                                   "resuming from %s", "; ".join(skipped), checkpoint)
+                return str(checkpoint)
+            skipped.append(f"{checkpoint.name} (no {', '.join(missing)})")
+        raise ConfigError(f"resume_from_checkpoint=true, but no checkpoint in {recipe.output_dir} is complete: "
+                          f"{'; '.join(skipped)}")
+    path = Path(resume)
+    if not path.is_dir():
         raise ConfigError(f"resume_from_checkpoint: {resume} is not a checkpoint directory")
+    missing = missing_checkpoint_files(path, needs_emoreg=needs_emoreg)
+    if missing:
+        raise ConfigError(f"resume_from_checkpoint: {resume} is incomplete (no {', '.join(missing)}; the run "
+                          "probably stopped while saving it); resume from an earlier checkpoint")
     return str(resume)
 
 
@@ -225,6 +265,27 @@ def attach_eval_callback(trainer, recipe: Recipe):
 
 
 # ---------------------------------------------------------------------------------------------- trainer
+
+
+def check_regularizer_against_bundle(recipe: Recipe, vectors) -> None:
+    """The regulariser's emotions and layers exist in the bundle (checked before any model loads)."""
+    from emoreg.errors import BundleError
+
+    config = recipe.regularizer_config()
+    if config is None:
+        return
+    for where, names in (("emoreg.regularizer.emotions", list(config.emotions)),
+                         ("emoreg.regularizer.log_emotions", list(config.log_emotions))):
+        for name in names:
+            try:
+                vectors.emotion_index(name)
+            except BundleError as exc:
+                raise ConfigError(f"{where}: {exc} ({recipe.emoreg.vectors})") from None
+    for layer in config.layers or []:
+        try:
+            vectors.layer_index(layer)
+        except BundleError as exc:
+            raise ConfigError(f"emoreg.regularizer.layers: {exc} ({recipe.emoreg.vectors})") from None
 
 
 def build_trainer(recipe: Recipe, *, callbacks: Sequence[TrainerCallback] = ()):
@@ -254,6 +315,8 @@ def build_trainer(recipe: Recipe, *, callbacks: Sequence[TrainerCallback] = ()):
     vectors = bundle if recipe.emoreg.enabled else None
     if uses_reader:
         check_reader_blocks(recipe, bundle)
+    if vectors is not None:
+        check_regularizer_against_bundle(recipe, vectors)
     bundle_info = vectors_identity(recipe.emoreg.vectors, bundle) if bundle is not None else None
     screening = None
     if recipe.data.screen is not None:
