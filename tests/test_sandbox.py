@@ -211,3 +211,46 @@ def test_rlimits_default_to_the_timeout_for_cpu():
     limits = SandboxLimits(timeout_s=3.2).rlimits()
     assert limits["RLIMIT_CPU"] == 5 and limits["RLIMIT_AS"] == 1 << 30 and limits["RLIMIT_CORE"] == 0
     assert "RLIMIT_AS" not in SandboxLimits(memory_bytes=None).rlimits()
+
+
+def _gone(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status")
+    return not status.exists() or "State:\tZ" in status.read_text()
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="descendant tracking reads /proc (Linux)")
+@pytest.mark.parametrize("escape", ["setsid", "double_fork"])
+def test_a_child_that_leaves_the_process_group_is_killed_too(tmp_path, escape):
+    marker = tmp_path / "escaped.txt"
+    grandchild = ("import os, time, sys\n"
+                  + ("os.setsid()\n" if escape == "setsid" else "")
+                  + f"time.sleep(1.5)\nopen({str(marker)!r}, 'w').write('still running')\n")
+    if escape == "setsid":
+        spawn = f"child = subprocess.Popen([sys.executable, '-c', {grandchild!r}])\nprint('CHILD', child.pid, flush=True)\n"
+    else:  # the intermediate process exits at once: the grandchild is reparented
+        launcher = (f"import subprocess, sys\nc = subprocess.Popen([sys.executable, '-c', {grandchild!r}], "
+                    "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+                    "print('CHILD', c.pid, flush=True)\n")
+        spawn = (f"out = subprocess.run([sys.executable, '-c', {launcher!r}], capture_output=True, text=True).stdout\n"
+                 "print(out, flush=True)\n")
+    solution = "import subprocess, sys\n" + spawn + "def double(x):\n    return 2 * x\n"
+    result = run(solution)
+    assert result.status == "ok", result.error
+    pid = int(result.stdout_tail.split("CHILD")[1].split()[0])
+    assert _gone(pid), f"the process {pid} that left the sandbox's process group is still running"
+    time.sleep(2.0)
+    assert not marker.exists()
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="descendant tracking reads /proc (Linux)")
+def test_too_many_processes_end_the_run_and_all_of_them_are_killed():
+    solution = ("import subprocess, sys\n"
+                "kids = [subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)']) for _ in range(6)]\n"
+                "print('KIDS', *[k.pid for k in kids], flush=True)\n"
+                "import time\ntime.sleep(5)\n"
+                "def double(x):\n    return 2 * x\n")
+    result = run_tests(solution, TESTS, "double", SandboxLimits(timeout_s=20, max_processes=4))
+    assert result.status == "crash" and "more than 4 processes" in result.error
+    assert result.seconds < 15
+    pids = [int(p) for p in result.stdout_tail.split("KIDS")[1].split()[:6]] if "KIDS" in result.stdout_tail else []
+    assert all(_gone(pid) for pid in pids)

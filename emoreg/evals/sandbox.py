@@ -10,7 +10,12 @@ run that is killed mid-way still reports the tests that finished.
 
 Containment, all of it **best effort and not a security boundary** (run real adversarial code in a VM):
 
-* wall-clock limit (default 10 s): the child runs in its own session and the whole process group is killed;
+* wall-clock limit (default 10 s) and a process-count limit (default 32): a small supervisor process starts
+  the runner and, on Linux, makes itself a *child subreaper* (``prctl(PR_SET_CHILD_SUBREAPER)``), so every
+  process the code starts stays its descendant even after ``setsid()`` or a double fork. It polls the
+  descendants (``/proc``) every 20 ms, and when the runner ends, the time is up or there are more than
+  ``max_processes`` descendants, it kills them all and waits until none is left; the whole session is killed
+  as well. Elsewhere (no ``/proc``) only the process group is killed, and a process that left it survives;
 * where the :mod:`resource` module exists (Linux, macOS): address-space (memory), CPU-time and file-size
   limits and no core dumps, set by the runner itself before any untrusted code is imported (macOS ignores the
   address-space limit);
@@ -121,6 +126,113 @@ def _main():
 _main()
 '''
 
+_SUPERVISOR = r'''
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+
+def _descendants(root):
+    # Live (not zombie) descendants of root, from /proc; None where /proc is missing.
+    if not os.path.isdir("/proc"):
+        return None
+    parents = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/" + name + "/stat", "rb") as handle:
+                stat = handle.read().decode("ascii", "replace")
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()
+        if fields and fields[0] != "Z":
+            parents[int(name)] = int(fields[1])
+    children = {}
+    for pid, ppid in parents.items():
+        children.setdefault(ppid, []).append(pid)
+    found, stack = [], [root]
+    while stack:
+        for pid in children.get(stack.pop(), []):
+            found.append(pid)
+            stack.append(pid)
+    return found
+
+
+def _reap():
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _kill_all(me, child):
+    # Kill every descendant until none is left (a process may fork while the others die).
+    killed = set()
+    for _ in range(500):
+        alive = _descendants(me)
+        if alive is None:  # no /proc: the runner only (the caller kills the process group)
+            if child.poll() is None:
+                child.kill()
+            return killed
+        if not alive:
+            return killed
+        for pid in alive:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.add(pid)
+            except OSError:
+                pass
+        _reap()
+        time.sleep(0.005)
+    return killed
+
+
+def _main():
+    with open(sys.argv[1], encoding="utf-8") as handle:
+        config = json.load(handle)
+    subreaper = False
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            subreaper = libc.prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+        except (OSError, AttributeError):
+            subreaper = False
+    me = os.getpid()
+    child = subprocess.Popen(config["command"], cwd=config["cwd"], env=config["env"], stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + config["timeout_s"]
+    reason, peak = None, 1
+    while child.poll() is None:
+        if time.monotonic() >= deadline:
+            reason = "timeout"
+            break
+        alive = _descendants(me)
+        if alive is not None:
+            peak = max(peak, len(alive))
+            if len(alive) > config["max_processes"]:
+                reason = "processes"
+                break
+        time.sleep(0.02)
+    stragglers = [pid for pid in (_descendants(me) or []) if pid != child.pid] if reason is None else []
+    killed = _kill_all(me, child)
+    child.wait()
+    _reap()
+    with open(config["results"], "a", encoding="utf-8") as log:
+        log.write(json.dumps({"event": "supervisor", "reason": reason, "returncode": child.returncode,
+                              "stragglers": len(stragglers), "killed": len(killed), "peak_processes": peak,
+                              "subreaper": subreaper}) + "\n")
+
+
+_main()
+'''
+
 
 @dataclass(frozen=True)
 class SandboxLimits:
@@ -132,6 +244,7 @@ class SandboxLimits:
         cpu_s: CPU-time limit (``RLIMIT_CPU``); ``None`` uses the whole seconds of ``timeout_s`` plus two.
         file_bytes: largest file the code may write (``RLIMIT_FSIZE``; stdout/stderr are files too).
         max_output_chars: how much of the end of stdout and stderr is kept.
+        max_processes: most processes the code may run at once (the runner included); more ends the run.
     """
 
     timeout_s: float = 10.0
@@ -139,6 +252,7 @@ class SandboxLimits:
     cpu_s: int | None = None
     file_bytes: int = 16 << 20
     max_output_chars: int = 2000
+    max_processes: int = 32
 
     def __post_init__(self) -> None:
         if not self.timeout_s > 0:
@@ -152,6 +266,8 @@ class SandboxLimits:
             raise ValueError(f"file_bytes must be at least 1 MiB, got {self.file_bytes}")
         if self.max_output_chars < 0:
             raise ValueError(f"max_output_chars must be >= 0, got {self.max_output_chars}")
+        if self.max_processes < 1:
+            raise ValueError(f"max_processes must be at least 1 (the runner), got {self.max_processes}")
 
     def rlimits(self) -> dict[str, int]:
         """The ``resource`` limits the runner sets on itself, by ``RLIMIT_*`` name."""
@@ -246,15 +362,39 @@ def run_tests(solution: str, tests: str, function_name: str, limits: SandboxLimi
         config.write_text(json.dumps({"results": str(results), "workdir": str(work), "rlimits": limits.rlimits()}),
                           encoding="utf-8")
         stdout_path, stderr_path = root_path / "stdout.txt", root_path / "stderr.txt"
+        supervisor = root_path / "supervisor.py"
+        supervisor.write_text(_SUPERVISOR, encoding="utf-8")
+        supervisor_config = root_path / "supervisor.json"
+        env = _sandbox_env(work)
+        supervisor_config.write_text(json.dumps({
+            "command": [sys.executable, "-I", "-B", str(runner), str(config)], "cwd": str(work), "env": env,
+            "timeout_s": limits.timeout_s, "max_processes": limits.max_processes, "results": str(results),
+        }), encoding="utf-8")
         with stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
-            returncode, timed_out = _execute([sys.executable, "-I", "-B", str(runner), str(config)], work,
-                                             _sandbox_env(work), stdout, stderr, limits.timeout_s)
+            returncode, timed_out = _execute([sys.executable, "-I", "-B", str(supervisor), str(supervisor_config)],
+                                             work, env, stdout, stderr, limits.timeout_s + _SUPERVISOR_GRACE_S)
         events = _read_events(results)
+        supervised = [e for e in events if e.get("event") == "supervisor"]
+        process_limit = False
+        if supervised:  # the supervisor's view of the runner replaces the supervisor's own exit status
+            returncode = supervised[-1].get("returncode")
+            timed_out = timed_out or supervised[-1].get("reason") == "timeout"
+            process_limit = supervised[-1].get("reason") == "processes"
+            if timed_out:
+                returncode = None
         result = _interpret(events, returncode, timed_out)
+        if process_limit:
+            result.status = "crash"
+            result.error = (f"killed: the code ran more than {limits.max_processes} processes at once "
+                            "(SandboxLimits.max_processes)")
         result.stdout_tail = _tail(stdout_path, limits.max_output_chars)
         result.stderr_tail = _tail(stderr_path, limits.max_output_chars)
     result.seconds = time.perf_counter() - start
     return result
+
+
+#: Extra wall-clock seconds the supervisor gets to kill and reap everything after its own time limit.
+_SUPERVISOR_GRACE_S = 5.0
 
 
 def _sandbox_env(work: Path) -> dict[str, str]:
