@@ -141,3 +141,15 @@ def test_invalid_training_info(tmp_path):
 def test_default_model_reference():
     model, _, info = load_for_eval("default")
     assert info.kind == "default" and info.base is None and model.config.num_hidden_layers == 30
+
+
+def test_pickle_only_weights_are_refused_before_loading(tmp_path, tiny_tokenizer, monkeypatch):
+    model = make_tiny_llama()
+    model.save_pretrained(tmp_path / "m")
+    # the name decides (the check runs before anything is read): a pickle checkpoint's weight file
+    (tmp_path / "m" / "model.safetensors").rename(tmp_path / "m" / "pytorch_model.bin")
+    tiny_tokenizer.save_pretrained(tmp_path / "m")
+    assert not list((tmp_path / "m").glob("*.safetensors"))
+    monkeypatch.setattr(torch, "load", lambda *a, **k: (_ for _ in ()).throw(AssertionError("unpickled")))
+    with pytest.raises(ModelLoadError, match=r"only as pickle files \(pytorch_model.bin\); emoreg loads safetensors"):
+        load_for_eval(str(tmp_path / "m"))

@@ -79,7 +79,7 @@ def test_scan_missing_field_fails_cleanly(tmp_path, bundle_dir, model_dir, capsy
     code = main(["scan", "--vectors", str(bundle_dir), "--data", str(data), "--out", str(out),
                  "--model", str(model_dir), "--no-progress"])
     assert code == 2
-    assert "line 1: missing text field 'text'" in capsys.readouterr().err
+    assert "line 1: missing field 'text'" in capsys.readouterr().err
     assert not out.exists()
 
 
@@ -161,7 +161,7 @@ def test_unknown_hub_id_offline_names_the_default(tmp_path, capsys, monkeypatch,
                  *_own_corpus(corpus_files)])
     assert code == 2
     err = capsys.readouterr().err
-    assert "could not find the model 'nobody/no-such-model-xyz'" in err and "--model default" in err
+    assert "could not find the model 'nobody/no-such-model-xyz'" in err and '"default"' in err
 
 
 def test_inspect_missing_bundle(tmp_path, capsys):
@@ -182,3 +182,51 @@ def test_parse_layers():
     assert parse_layers("3,1-2") == [1, 2, 3]
     with pytest.raises(ConfigError):
         parse_layers("5-2")
+
+
+def test_extract_out_refuses_what_is_not_a_bundle_before_any_work(tmp_path, corpus_files, capsys, monkeypatch):
+    import emoreg.models.loading as loading
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model must not load when --out is refused")
+
+    monkeypatch.setattr(loading, "load_model_and_tokenizer", no_model)
+    stories, neutral = corpus_files
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "src" / "main.py").write_text("code")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep")
+    base = ["extract", "--model", "unused", "--stories", str(stories), "--no-builtin-stories", "--neutral",
+            str(neutral), "--no-progress"]
+    assert main([*base, "--out", str(project)]) == 2
+    assert "is a non-empty directory that does not hold an emoreg bundle" in capsys.readouterr().err
+    assert (project / "src" / "main.py").read_text() == "code"
+    assert main([*base, "--out", str(notes), "--overwrite"]) == 2
+    assert "exists and is not a directory" in capsys.readouterr().err
+    assert notes.read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "project"]
+
+
+def test_extract_out_on_an_existing_bundle_needs_overwrite(bundle_dir, corpus_files, capsys, monkeypatch):
+    import emoreg.models.loading as loading
+
+    monkeypatch.setattr(loading, "load_model_and_tokenizer", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
+    stories, neutral = corpus_files
+    assert main(["extract", "--model", "unused", "--out", str(bundle_dir), "--stories", str(stories),
+                 "--no-builtin-stories", "--neutral", str(neutral), "--no-progress"]) == 2
+    assert "already holds an emoreg bundle; pass --overwrite" in capsys.readouterr().err
+
+
+def test_too_few_stories_names_the_file_before_the_model_loads(tmp_path, corpus_files, capsys, monkeypatch):
+    import emoreg.models.loading as loading
+
+    monkeypatch.setattr(loading, "load_model_and_tokenizer", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
+    _, neutral = corpus_files
+    stories = tmp_path / "one.jsonl"
+    stories.write_text(json.dumps({"emotion": "happy", "text": "a sunny day"}) + "\n"
+                       + json.dumps({"emotion": "sad", "text": "a grey day"}) + "\n")
+    assert main(["extract", "--model", "unused", "--out", str(tmp_path / "o"), "--stories", str(stories),
+                 "--no-builtin-stories", "--neutral", str(neutral), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "every emotion needs at least 2 stories" in err and f"(stories from {stories})" in err

@@ -75,3 +75,39 @@ def test_default_model_is_trainable_and_cached(monkeypatch, tmp_path):
     for a, b in zip(model.parameters(), model2.parameters()):
         assert torch.equal(a, b)
     assert tokenizer.pad_token is not None
+
+
+@pytest.mark.parametrize("ref", ["./runs/missing", "/nowhere/at/all", "~/no-such-model-dir", "a/b/c", "runs/missin"])
+def test_a_mistyped_local_path_fails_at_once_without_the_hub(tmp_path, monkeypatch, ref):
+    import emoreg.models.loading as loading
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "missing-not").mkdir(parents=True)
+    (tmp_path / "runs" / "missing").mkdir()
+    if ref == "./runs/missing":
+        ref = "./runs/missng"
+    monkeypatch.setattr(loading, "_load_hub", lambda *a, **k: (_ for _ in ()).throw(AssertionError("hub used")))
+    with pytest.raises(ModelLoadError, match="no such model directory or file") as info:
+        loading.load_model_and_tokenizer(ref)
+    if ref.startswith(("./runs", "runs/")):
+        assert "did you mean 'runs/missing'" in str(info.value)
+
+
+def test_a_hub_id_is_still_a_hub_id_and_an_unreachable_hub_is_not_retried(monkeypatch):
+    import emoreg.models.loading as loading
+
+    assert loading.resolve_model_source("org/name").kind == "hub"
+    calls = []
+
+    class Fake:
+        @staticmethod
+        def from_pretrained(model_id, **kwargs):
+            calls.append(kwargs.get("local_files_only"))
+            raise OSError("not cached")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(loading, "_causal_lm_classes", lambda: (Fake, Fake))
+    monkeypatch.setattr(loading, "_hub_reachable", lambda timeout=3.0: False)
+    with pytest.raises(ModelLoadError, match="not in the local Hugging Face cache and the hub cannot be reached"):
+        loading.load_model_and_tokenizer("org/name")
+    assert calls == [True]

@@ -49,3 +49,15 @@ def test_require_text_field_messages():
         require_text_field("f.jsonl", 4, {"body": "x"}, "text")
     with pytest.raises(DataFormatError, match="must be a non-empty string"):
         require_text_field("f.jsonl", 4, {"text": "  "}, "text")
+
+
+@pytest.mark.parametrize("name", ["a.jsonl", "a.csv"])
+def test_non_utf8_input_names_the_file_and_line(tmp_path, name):
+    path = tmp_path / name
+    header = b"text\n" if name.endswith(".csv") else b""
+    row = b'{"text": "ok"}\n' if name.endswith(".jsonl") else b"ok\n"
+    bad = b'{"text": "caf\xe9"}\n' if name.endswith(".jsonl") else b"caf\xe9\n"
+    path.write_bytes(header + row + bad)
+    line = 3 if name.endswith(".csv") else 2
+    with pytest.raises(DataFormatError, match=rf"{name}, line {line}: not valid UTF-8 \(byte 0xe9 at column"):
+        list(iter_records(path))

@@ -29,7 +29,7 @@ def test_read_rows_uses_id_or_index(tmp_path):
 def test_missing_text_field_names_line_and_fields(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text('{"text": "x"}\n{"body": "y"}\n')
-    with pytest.raises(DataFormatError, match=r"d.jsonl, line 2: missing text field 'text'.*\['body'\]"):
+    with pytest.raises(DataFormatError, match=r"d.jsonl, line 2: missing field 'text'.*\['body'\]"):
         read_scan_rows(path)
 
 
@@ -82,3 +82,20 @@ def test_write_scan_is_atomic(tmp_path):
     assert not out.exists()
     assert write_scan(iter([{"id": 0}, {"id": 1}]), out) == 2
     assert len(out.read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize(("name", "content"), [("e.jsonl", ""), ("e.csv", ""), ("h.csv", "id,text\n"),
+                                               ("b.jsonl", "\n\n")])
+def test_an_empty_file_is_a_clear_error(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(DataFormatError, match=rf"{name}: no rows to score"):
+        read_scan_rows(path)
+
+
+def test_a_missing_csv_column_is_reported_at_the_header(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("id,body\n\n\nx1,a sunny picnic\n")
+    with pytest.raises(DataFormatError, match=r"d.csv, line 1 \(header\): no column 'text'; the header has "
+                                              r"\['id', 'body'\] \(choose one with --text-field\)"):
+        read_scan_rows(path)

@@ -105,8 +105,21 @@ def has_tokenizer(directory: Path) -> bool:
 
 
 def check_model_directory(path: Path) -> None:
-    """Raise a :class:`ModelLoadError` saying what to do when ``path`` holds no loadable model."""
+    """Raise a :class:`ModelLoadError` saying what to do when ``path`` holds no loadable model.
+
+    Weights must be safetensors: pickle files (``pytorch_model.bin``) can run code when they are loaded, and
+    emoreg never unpickles them.
+    """
     if (path / "config.json").is_file() and has_weights(path):
+        safetensors = any(path.glob("model*.safetensors")) or (path / "model.safetensors.index.json").is_file()
+        if not safetensors:
+            pickles = sorted(p.name for p in path.glob("pytorch_model*.bin"))
+            raise ModelLoadError(
+                f"{path} holds its weights only as pickle files ({', '.join(pickles) or 'pytorch_model.bin'}); "
+                "emoreg loads safetensors only (a pickle file can run code when it is loaded). In an environment "
+                "you trust, convert it: AutoModelForCausalLM.from_pretrained(DIR).save_pretrained(DIR) writes "
+                "model.safetensors"
+            )
         return
     shards = sorted(p.name for p in path.glob("global_step*") if p.is_dir())
     if shards:

@@ -85,7 +85,37 @@ def resolve_model_source(name_or_path: str) -> ModelSource:
         return ModelSource("directory", str(path.resolve()))
     if path.exists():
         raise ModelLoadError(f"{path} is a file but not a .gguf file; pass a model directory, a .gguf file or a hub id")
+    if looks_like_path(name_or_path):
+        raise ModelLoadError(_no_such_path(path))
     return ModelSource("hub", name_or_path)
+
+
+def looks_like_path(ref: str) -> bool:
+    """Whether a model reference that does not exist was meant as a local path, not a hub id (``org/name``).
+
+    Path-like: starts with ``/``, ``.`` or ``~``, ends with a separator, has more than one ``/``, uses the
+    platform's own separator, or its first component is an existing local directory (``runs/my-run`` when
+    ``runs/`` exists).
+    """
+    if ref.startswith(("/", ".", "~")) or ref.endswith("/") or (os.sep != "/" and os.sep in ref):
+        return True
+    parts = ref.split("/")
+    return len(parts) > 2 or (len(parts) == 2 and Path(parts[0]).is_dir())
+
+
+def _no_such_path(path: Path) -> str:
+    import difflib
+
+    message = f"{path}: no such model directory or file"
+    parent = path.parent if str(path.parent) else Path(".")
+    if parent.is_dir():
+        names = [p.name for p in parent.iterdir()]
+        close = difflib.get_close_matches(path.name, names, n=1)
+        if close:
+            message += f" (did you mean {str(parent / close[0])!r}?)"
+    else:
+        message += f" ({parent} does not exist either)"
+    return message
 
 
 def load_model_and_tokenizer(
@@ -173,9 +203,25 @@ def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connection at once (so an offline machine does not spend a
+    minute in download retries)."""
+    import socket
+    from urllib.parse import urlparse
+
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host = endpoint.hostname or "huggingface.co"
+    port = endpoint.port or (443 if endpoint.scheme != "http" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def _load_hub(model_id: str, dtype):
     auto_model, auto_tokenizer = _causal_lm_classes()
-    attempts = [True] if _hub_offline() else [True, False]
+    attempts = [True] if _hub_offline() or not _hub_reachable() else [True, False]
     last_error: Exception | None = None
     for local_only in attempts:
         try:
@@ -186,10 +232,12 @@ def _load_hub(model_id: str, dtype):
             raise ModelLoadError(f"{model_id!r} is not a causal language model: {exc}") from exc
         except OSError as exc:
             last_error = exc
+    reason = "the hub cannot be reached" if len(attempts) == 1 else f"it could not be downloaded " \
+        f"({type(last_error).__name__})"
     raise ModelLoadError(
-        f"could not find the model {model_id!r}: it is not in the local Hugging Face cache and could not be "
-        f"downloaded ({type(last_error).__name__}). Without a network, use --model default (the embedded "
-        f"{DEFAULT_MODEL_DESCRIPTION}), a local model directory, or a local .gguf file."
+        f"could not find the model {model_id!r}: it is not in the local Hugging Face cache and {reason}. "
+        f"Give a local model directory, a local .gguf file, or \"default\" (the embedded "
+        f"{DEFAULT_MODEL_DESCRIPTION}) where the command takes a model."
     )
 
 

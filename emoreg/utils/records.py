@@ -39,12 +39,27 @@ def iter_records(path: str | Path, format: str | None = None) -> Iterator[tuple[
     if not path.is_file():
         raise DataFormatError(f"{path}: no such file")
     fmt = format or detect_format(path)
-    if fmt == "jsonl":
-        yield from _iter_jsonl(path)
-    elif fmt in ("csv", "tsv"):
-        yield from _iter_delimited(path, "," if fmt == "csv" else "\t")
-    else:
+    if fmt not in ("jsonl", "csv", "tsv"):
         raise DataFormatError(f"{path}: unknown format {fmt!r}; expected 'jsonl', 'csv' or 'tsv'")
+    try:
+        if fmt == "jsonl":
+            yield from _iter_jsonl(path)
+        else:
+            yield from _iter_delimited(path, "," if fmt == "csv" else "\t")
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
+
+
+def _not_utf8(path: Path) -> DataFormatError:
+    """The error for a file that is not UTF-8, naming the first bad line and byte."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return DataFormatError(f"{path}, line {number}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at "
+                                       f"column {exc.start + 1}); save the file as UTF-8")
+    return DataFormatError(f"{path}: not valid UTF-8; save the file as UTF-8")
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -81,12 +96,20 @@ def _iter_delimited(path: Path, delimiter: str) -> Iterator[tuple[int, dict[str,
 def require_text_field(path: str | Path, number: int, record: dict[str, Any], field: str) -> str:
     """Return ``record[field]`` as a non-empty string or raise a precise error."""
     if field not in record:
-        raise DataFormatError(
-            f"{path}, line {number}: missing field {field!r}; the record has fields {sorted(record)}"
-        )
+        raise missing_field_error(path, number, record, field)
     value = record[field]
     if not isinstance(value, str) or not value.strip():
         raise DataFormatError(
             f"{path}, line {number}: field {field!r} must be a non-empty string, got {value!r:.60}"
         )
     return value
+
+
+def missing_field_error(path: str | Path, number: int, record: dict[str, Any], field: str,
+                        hint: str = "") -> DataFormatError:
+    """The error for a record without ``field``: a CSV/TSV file lacks the column in its header (line 1), a
+    JSON line lacks the key on its own line."""
+    if Path(path).suffix.lower() in (".csv", ".tsv", ".tab"):
+        return DataFormatError(f"{path}, line 1 (header): no column {field!r}; the header has {list(record)}{hint}")
+    return DataFormatError(f"{path}, line {number}: missing field {field!r}; the record has fields "
+                           f"{sorted(record)}{hint}")

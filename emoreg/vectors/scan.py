@@ -20,7 +20,7 @@ from torch import nn
 from emoreg.errors import DataFormatError
 from emoreg.models.layout import model_context_length
 from emoreg.utils.atomic import atomic_file
-from emoreg.utils.records import iter_records
+from emoreg.utils.records import iter_records, missing_field_error
 from emoreg.vectors.bundle import EmotionVectors
 from emoreg.vectors.validation import mean_projections
 
@@ -41,15 +41,15 @@ def read_scan_rows(path: str | Path, text_field: str = "text", id_field: str | N
     rows = []
     for index, (line, record) in enumerate(iter_records(path)):
         if text_field not in record:
-            raise DataFormatError(
-                f"{path}, line {line}: missing text field {text_field!r}; the row has fields {sorted(record)} "
-                "(choose one with --text-field)"
-            )
+            raise missing_field_error(path, line, record, text_field, " (choose one with --text-field)")
         text = record[text_field]
         if not isinstance(text, str):
             raise DataFormatError(f"{path}, line {line}: field {text_field!r} must be a string, got {type(text).__name__}")
         row_id = record.get(id_field, index) if id_field else index
         rows.append(ScanRow(id=row_id, text=text, line=line))
+    if not rows:
+        raise DataFormatError(f"{path}: no rows to score (the file is empty or holds only blank lines"
+                              f"{' or a header' if Path(path).suffix.lower() in ('.csv', '.tsv', '.tab') else ''})")
     return rows
 
 
