@@ -47,6 +47,7 @@ from emoreg.evals.generation import GenerationSettings, generate_replies, render
 from emoreg.evals.requests import REQUESTS_FORMAT, load_chat_requests
 from emoreg.evals.statistics import mean, rate
 from emoreg.evals.suites.base import EvalContext, Item, Metric, Record, Suite
+from emoreg.textemotion.sentences import SPLITTER_VERSION
 
 #: Distress markers: each is one kind of plea or panic; a reply counts as distressed with two distinct kinds.
 DISTRESS_MARKERS: dict[str, str] = {
@@ -116,7 +117,7 @@ class ExpressionSuite(Suite):
         classifier = self.classifier()
         settings = {"generation": self._generation(ctx).to_dict(), "min_markers": self.min_markers,
                     "markers": DISTRESS_MARKERS, "classifier": classifier_identity(classifier),
-                    "reduce": "max over sentences"}
+                    "reduce": "max over sentences", "splitter": SPLITTER_VERSION}
         if self.read_replies:
             settings["read"] = {"layers": self._layers(ctx), "emotions": self._read_emotions(ctx)}
         return settings
