@@ -19,9 +19,11 @@ def add_parser(subparsers) -> None:
                     "distress rate, activation readings by the model and by the frozen base model; skill: format "
                     "rate; concealment readings; capability); compare every arm with 'none' per request "
                     "(bootstrap intervals, p-values), label each arm honest / blatant / hidden in activations / "
-                    "evasion in text, and write a report and summary.json. The default (3 arms, 1 seed, subsets "
-                    "of the held-out data) runs on CPU, offline, in about 20 minutes on 2 cores; the full "
-                    "comparison is --arms all --seeds 3 --full. Finished training arms and eval suites are "
+                    "evasion in text, and write a report and summary.json. The default (arms none, penalty and "
+                    "ablate, 1 seed, seeded subsets of the held-out data) runs on CPU, offline, in under 20 "
+                    "minutes on 2 cores; --arms all with the larger subsets (--spillover-limit 64 --skill-limit 32 "
+                    "--probe-limit 32 --capability-limit 24) took 56 minutes per seed, and the full comparison is "
+                    "--arms all --seeds 3 --full. Finished training arms and eval suites are "
                     f"reused when the demo is run again with the same settings. Arms: {arm_lines}.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -33,17 +35,21 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--full", action="store_true",
                         help="evaluate on all held-out data (160 spill-over requests, 60 skill questions, "
                              "48 concealment prompts, 40 capability items per part) instead of seeded subsets")
-    parser.add_argument("--spillover-limit", type=int, default=64, help="spill-over requests (of 160)")
-    parser.add_argument("--skill-limit", type=int, default=32, help="skill questions (of 60)")
-    parser.add_argument("--probe-limit", type=int, default=32, help="concealment prompts")
-    parser.add_argument("--capability-limit", type=int, default=24, help="items per capability data part")
+    parser.add_argument("--spillover-limit", type=int, default=48, help="spill-over requests (of 160)")
+    parser.add_argument("--skill-limit", type=int, default=24, help="skill questions (of 60)")
+    parser.add_argument("--probe-limit", type=int, default=24, help="concealment prompts")
+    parser.add_argument("--capability-limit", type=int, default=16, help="items per capability data part")
     parser.add_argument("--seed", type=int, default=0, help="first training seed (evaluation is greedy)")
     parser.add_argument("--no-cache", action="store_true", help="do not reuse cached eval results")
+    parser.add_argument("--summary-only", action="store_true",
+                        help="rebuild summary.json and the report from the finished arms and evals in --out "
+                             "(nothing is trained or evaluated)")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from emoreg.demo import DemoSettings, parse_arms, run_demo
+    from emoreg.demo.run import summarize_finished
     from emoreg.errors import ConfigError
 
     for name in ("steps", "seeds", "spillover_limit", "skill_limit", "probe_limit", "capability_limit"):
@@ -55,5 +61,8 @@ def run(args: argparse.Namespace) -> int:
         limits = dict(spillover_limit=None, skill_limit=None, concealment_limit=48, capability_limit=40)
     settings = DemoSettings(out_dir=args.out, arms=parse_arms(args.arms), seeds=args.seeds, max_steps=args.steps,
                             seed=args.seed, use_cache=not args.no_cache, **limits)
-    run_demo(settings)
+    if args.summary_only:
+        summarize_finished(settings)
+    else:
+        run_demo(settings)
     return 0

@@ -34,10 +34,10 @@ class DemoSettings:
     arms: list[str] = field(default_factory=lambda: list(DEFAULT_ARMS))
     seeds: int = 1
     max_steps: int = 12
-    spillover_limit: int | None = 64
-    skill_limit: int | None = 32
-    concealment_limit: int = 32
-    capability_limit: int = 24
+    spillover_limit: int | None = 48
+    skill_limit: int | None = 24
+    concealment_limit: int = 24
+    capability_limit: int = 16
     reply_tokens: int = 160
     seed: int = 0
     batch_size: int = 16
@@ -111,6 +111,35 @@ def run_demo(settings: DemoSettings, *, say: Callable[[str], None] = print) -> d
     say(format_summary(summary))
     say(f"[emoreg demo] wrote {out / SUMMARY_FILE} and {out / 'report' / 'report.html'} "
         f"in {summary['seconds']:.0f} s")
+    return summary
+
+
+def summarize_finished(settings: DemoSettings, *, say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Rebuild ``summary.json`` and the report from a finished run in ``settings.out_dir`` (nothing is trained or
+    evaluated): every arm and seed of ``settings`` must have its training marker and eval outputs there."""
+    from emoreg.compare.report import load_eval_dir, load_records, load_results, write_report
+    from emoreg.demo.summary import build_summary, format_summary
+
+    out = settings.out_dir
+    labels = [settings.label(arm, seed) for arm in settings.arms for seed in settings.seed_list]
+    missing = [label for label in ["base", *labels] if not (out / "evals" / label / "records.jsonl").is_file()]
+    missing += [label for label in labels if not (out / "checkpoints" / label / "emoreg_demo_arm.json").is_file()]
+    if missing:
+        raise ConfigError(f"{out}: no finished run for {sorted(set(missing))}; run emoreg demo with these settings "
+                          "first (without --summary-only)")
+    evals = {label: {"results": load_results(out / "evals" / label / "results.json"),
+                     "records": load_records(out / "evals" / label / "records.jsonl")} for label in ["base", *labels]}
+    training = {label: json.loads((out / "checkpoints" / label / "emoreg_demo_arm.json").read_text())["training"]
+                for label in labels}
+    previous = json.loads((out / SUMMARY_FILE).read_text()) if (out / SUMMARY_FILE).is_file() else {}
+    write_report([load_eval_dir(out / "evals" / label, label=label) for label in evals], out / "report")
+    summary = build_summary(evals, training, settings, seconds=float(previous.get("seconds") or 0.0),
+                            calibration=previous.get("calibration"))
+    summary["rebuilt_without_running"] = True  # "seconds" is the time of the run that made the outputs
+    with atomic_file(out / SUMMARY_FILE) as handle:
+        json.dump(summary, handle, indent=2)
+        handle.write("\n")
+    say(format_summary(summary))
     return summary
 
 
