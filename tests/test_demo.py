@@ -198,3 +198,31 @@ def test_cli_help_and_bad_arguments(capsys):
     assert "--seeds must be positive" in capsys.readouterr().err
     assert main(["demo", "--arms", "stear"]) == 2
     assert "did you mean 'steer'" in capsys.readouterr().err
+
+
+def test_summary_only_rebuilds_from_a_finished_run_and_refuses_an_unfinished_one(tmp_path, capsys):
+    import json
+
+    settings = DemoSettings(out_dir=tmp_path, arms=["none", "penalty"])
+    evals = _evals({"none": dict(level=0.6, skill_rate=0.8), "penalty": dict(level=0.0, skill_rate=0.8)}, seeds=1)
+    assert main(["demo", "--out", str(tmp_path), "--arms", "penalty", "--summary-only"]) == 2
+    assert "no finished run for" in capsys.readouterr().err
+    training = _training(settings)
+    for label, entry in evals.items():
+        folder = tmp_path / "evals" / label
+        folder.mkdir(parents=True)
+        (folder / "results.json").write_text(json.dumps({"suites": {}, "model": {"ref": label}}))
+        (folder / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in entry["records"]))
+        if label != "base":
+            (tmp_path / "checkpoints" / label).mkdir(parents=True)
+            (tmp_path / "checkpoints" / label / "emoreg_demo_arm.json").write_text(
+                json.dumps({"recipe": {}, "training": training[label]}))
+    (tmp_path / "summary.json").write_text(json.dumps({"seconds": 99.0, "calibration": {"steer_coef": 0.5}}))
+    from emoreg.demo.run import summarize_finished
+
+    summary = summarize_finished(settings, say=lambda text: None)
+    assert summary["seconds"] == 99.0 and summary["calibration"] == {"steer_coef": 0.5}
+    assert summary["rebuilt_without_running"] is True
+    assert summary["verdicts"]["penalty"]["label"] == "honest"
+    assert json.loads((tmp_path / "summary.json").read_text())["arms"]["penalty"]["failure_rate"]["value"] == 0.0
+    assert (tmp_path / "report").is_dir()
