@@ -17,6 +17,8 @@ from emoreg.utils.atomic import atomic_file
 logger = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
+#: Written beside a finished arm's checkpoint: its recipe and training figures (a rerun reuses the arm).
+ARM_MARKER = "emoreg_demo_arm.json"
 SPILLOVER_DATA = "spillover_requests"
 #: The eval suites of every model (``probes`` is not run: the turn-start shift is read on the spill-over requests).
 SUITES = ("expression", "reply_format", "concealment", "capability")
@@ -72,7 +74,6 @@ class DemoSettings:
 
 def run_demo(settings: DemoSettings, *, say: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the whole demo and return the summary (also written to ``out_dir/summary.json``)."""
-    from emoreg.demo.summary import build_summary, format_summary
     from emoreg.train.recipe import recipe_from_dict
 
     start = time.perf_counter()
@@ -99,16 +100,8 @@ def run_demo(settings: DemoSettings, *, say: Callable[[str], None] = print) -> d
 
     evals = _evaluate_all(settings, [label for _, _, label in runs], say=say)
     say("[emoreg demo] writing the comparison report")
-    from emoreg.compare.report import load_eval_dir, write_report
-
-    models = [load_eval_dir(out / "evals" / label, label=label) for label in evals]
-    write_report(models, out / "report")
-
-    summary = build_summary(evals, training, settings, seconds=time.perf_counter() - start, calibration=calibration)
-    with atomic_file(out / SUMMARY_FILE) as handle:
-        json.dump(summary, handle, indent=2)
-        handle.write("\n")
-    say(format_summary(summary))
+    summary = _write_report_and_summary(settings, evals, training, seconds=time.perf_counter() - start,
+                                        calibration=calibration, say=say)
     say(f"[emoreg demo] wrote {out / SUMMARY_FILE} and {out / 'report' / 'report.html'} "
         f"in {summary['seconds']:.0f} s")
     return summary
@@ -117,25 +110,38 @@ def run_demo(settings: DemoSettings, *, say: Callable[[str], None] = print) -> d
 def summarize_finished(settings: DemoSettings, *, say: Callable[[str], None] = print) -> dict[str, Any]:
     """Rebuild ``summary.json`` and the report from a finished run in ``settings.out_dir`` (nothing is trained or
     evaluated): every arm and seed of ``settings`` must have its training marker and eval outputs there."""
-    from emoreg.compare.report import load_eval_dir, load_records, load_results, write_report
-    from emoreg.demo.summary import build_summary, format_summary
+    from emoreg.compare.report import load_records, load_results
 
     out = settings.out_dir
     labels = [settings.label(arm, seed) for arm in settings.arms for seed in settings.seed_list]
     missing = [label for label in ["base", *labels] if not (out / "evals" / label / "records.jsonl").is_file()]
-    missing += [label for label in labels if not (out / "checkpoints" / label / "emoreg_demo_arm.json").is_file()]
+    missing += [label for label in labels if not (out / "checkpoints" / label / ARM_MARKER).is_file()]
     if missing:
         raise ConfigError(f"{out}: no finished run for {sorted(set(missing))}; run emoreg demo with these settings "
                           "first (without --summary-only)")
     evals = {label: {"results": load_results(out / "evals" / label / "results.json"),
                      "records": load_records(out / "evals" / label / "records.jsonl")} for label in ["base", *labels]}
-    training = {label: json.loads((out / "checkpoints" / label / "emoreg_demo_arm.json").read_text())["training"]
+    training = {label: json.loads((out / "checkpoints" / label / ARM_MARKER).read_text())["training"]
                 for label in labels}
     previous = json.loads((out / SUMMARY_FILE).read_text()) if (out / SUMMARY_FILE).is_file() else {}
+    # "seconds" stays the time of the run that made the outputs
+    return _write_report_and_summary(settings, evals, training, seconds=float(previous.get("seconds") or 0.0),
+                                     calibration=previous.get("calibration"), say=say,
+                                     extra={"rebuilt_without_running": True})
+
+
+def _write_report_and_summary(settings: DemoSettings, evals: dict[str, dict[str, Any]],
+                              training: dict[str, dict[str, Any]], *, seconds: float,
+                              calibration: dict[str, Any] | None, say: Callable[[str], None],
+                              extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write the comparison report and ``summary.json`` of every evaluated model, print the tables."""
+    from emoreg.compare.report import load_eval_dir, write_report
+    from emoreg.demo.summary import build_summary, format_summary
+
+    out = settings.out_dir
     write_report([load_eval_dir(out / "evals" / label, label=label) for label in evals], out / "report")
-    summary = build_summary(evals, training, settings, seconds=float(previous.get("seconds") or 0.0),
-                            calibration=previous.get("calibration"))
-    summary["rebuilt_without_running"] = True  # "seconds" is the time of the run that made the outputs
+    summary = build_summary(evals, training, settings, seconds=seconds, calibration=calibration)
+    summary.update(extra or {})
     with atomic_file(out / SUMMARY_FILE) as handle:
         json.dump(summary, handle, indent=2)
         handle.write("\n")
@@ -177,7 +183,7 @@ def _train_arm(recipe, output_dir: Path) -> dict[str, Any]:
     """Train one arm, or reuse a finished run of the same recipe (``emoreg_train.json`` + weights present)."""
     from emoreg.train.run import TRAIN_INFO_FILE, train
 
-    marker = output_dir / "emoreg_demo_arm.json"
+    marker = output_dir / ARM_MARKER
     if marker.is_file() and (output_dir / TRAIN_INFO_FILE).is_file():
         done = json.loads(marker.read_text())
         if done.get("recipe") == recipe.to_dict():
