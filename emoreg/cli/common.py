@@ -14,6 +14,14 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"],
                         help="model dtype (default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: %(default)s)")
+    add_threads_argument(parser)
+
+
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    """``--threads N``: torch CPU threads for a command that runs a model (:mod:`emoreg.utils.threads`)."""
+    parser.add_argument("--threads", default=None, metavar="N",
+                        help="torch CPU threads (default: $EMOREG_THREADS, else the usable cores less those "
+                             "busy with other processes at start; use 1 on a shared machine)")
 
 
 def parse_layers(text: str | None) -> list[int] | None:

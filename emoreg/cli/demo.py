@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from emoreg.cli.common import add_threads_argument
+
 
 def add_parser(subparsers) -> None:
     from emoreg.demo.arms import ARMS, DEFAULT_ARMS
@@ -44,6 +46,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--summary-only", action="store_true",
                         help="rebuild summary.json and the report from the finished arms and evals in --out "
                              "(nothing is trained or evaluated)")
+    add_threads_argument(parser)
     parser.set_defaults(run=run)
 
 

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from emoreg.cli.common import add_threads_argument
 from emoreg.errors import ConfigError
 
 
@@ -42,6 +43,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"],
                         help="model dtype (default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    add_threads_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(run=run)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from contextlib import contextmanager
 
 from emoreg.errors import EmoregError
 from emoreg.version import __version__
@@ -31,6 +32,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextmanager
+def _threads_for(args: argparse.Namespace):
+    """Commands that run a model (those with ``--threads``) use the chosen torch thread count; the previous count
+    is restored afterwards, for callers that run ``main`` in-process."""
+    if not hasattr(args, "threads"):
+        yield
+        return
+    import torch
+
+    from emoreg.utils.threads import configure_threads
+
+    before = torch.get_num_threads()
+    configure_threads(args.threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -39,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "urllib3", "huggingface_hub", "DeepSpeed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        return int(args.run(args) or 0)
+        with _threads_for(args):
+            return int(args.run(args) or 0)
     except EmoregError as exc:
         print(f"emoreg {args.command}: error: {exc}", file=sys.stderr)
         return 2

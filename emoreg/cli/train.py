@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from emoreg.cli.common import add_threads_argument
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -19,6 +21,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("recipe", metavar="RECIPE", help="a recipe YAML file, e.g. recipes/sft.yaml")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides of recipe keys")
     parser.add_argument("--print-config", action="store_true", help="print the resolved recipe as YAML and exit")
+    add_threads_argument(parser)
     parser.set_defaults(run=run)
 
 
