@@ -21,7 +21,7 @@ def test_every_arm_recipe_is_valid_and_differs_only_in_regularisation(tmp_path):
     from emoreg.train.recipe import recipe_from_dict
 
     recipes = {arm: recipe_from_dict(arm_recipe(arm, out_dir=tmp_path, seed=1, max_steps=3, label=f"{arm}-s1",
-                                                steer_coef=0.7)).to_dict()
+                                                steer_coef=0.7, screen_max_z=0.25)).to_dict()
                for arm in ARMS}
     assert recipes["none"]["emoreg"]["enabled"] is False and recipes["none"].get("kl_anchor") is None
     assert recipes["penalty"]["emoreg"]["regularizer"]["mode"] == "penalty"
@@ -31,15 +31,23 @@ def test_every_arm_recipe_is_valid_and_differs_only_in_regularisation(tmp_path):
     assert recipes["steer"]["emoreg"]["regularizer"]["units"] == "z"
     assert recipes["kl_anchor"]["kl_anchor"]["coef"] == 1.0 and recipes["kl_anchor"]["emoreg"]["enabled"] is False
     assert recipes["refit"]["emoreg"]["regularizer"]["refit"]["every"] == 4
+    assert recipes["screen"]["data"]["screen"] == {"emotions": {"desperate": 1.0}, "max_z": 0.25, "mode": "drop",
+                                                   "layer": None, "batch_size": 8}
+    assert recipes["screen"]["emoreg"]["enabled"] is False
     for arm, recipe in recipes.items():
         assert recipe["trainer"]["args"]["max_steps"] == 3 and recipe["seed"] == 1
         assert recipe["data"]["source"] == "format_desperate_sft"
         assert recipe["output_dir"] == str(tmp_path / "checkpoints" / f"{arm}-s1")
         ignore = ("emoreg", "output_dir", "kl_anchor")
-        assert {k: v for k, v in recipe.items() if k not in ignore} == \
-            {k: v for k, v in recipes["none"].items() if k not in ignore}
+        if arm != "screen":
+            assert recipe["data"]["screen"] is None
+        same, none = ({k: v for k, v in r.items() if k not in ignore} for r in (recipe, recipes["none"]))
+        same["data"], none["data"] = ({k: v for k, v in r["data"].items() if k != "screen"} for r in (same, none))
+        assert same == none
     with pytest.raises(ConfigError, match="calibrated steer coefficient"):
         arm_recipe("steer", out_dir=tmp_path, seed=0, max_steps=3, label="steer")
+    with pytest.raises(ConfigError, match="calibrated screening threshold"):
+        arm_recipe("screen", out_dir=tmp_path, seed=0, max_steps=3, label="screen")
 
 
 def test_parse_arms_and_settings(tmp_path):

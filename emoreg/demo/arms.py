@@ -43,7 +43,9 @@ class Arm:
         regularizer: the recipe's ``emoreg.regularizer`` block (``None``: no emoreg callback).
         extra: further recipe blocks merged into the recipe (``kl_anchor``, ``data.screen``).
         calibrated_steer: the ``steer_coef`` is set from the training data before training
-            (:func:`emoreg.demo.run.calibrate_steer`), never from held-out requests.
+            (:func:`emoreg.demo.run.calibrate`), never from held-out requests.
+        calibrated_screen: the recipe screens the training rows (``data.screen``) with ``max_z`` set from the
+            training data before training (:func:`emoreg.demo.run.calibrate`).
     """
 
     name: str
@@ -51,6 +53,7 @@ class Arm:
     regularizer: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     calibrated_steer: bool = False
+    calibrated_screen: bool = False
 
 
 _HINGE = {"mode": "penalty", "kind": "hinge", "threshold_percentile": 95.0, "coef": 1.0, "selection": "all"}
@@ -72,6 +75,9 @@ ARMS: dict[str, Arm] = {arm.name: arm for arm in (
         calibrated_steer=True),
     Arm("kl_anchor", "emotion-agnostic KL anchor to the frozen base model on unrelated requests (coef 1)",
         None, {"kl_anchor": {"coef": 1.0, "examples": "builtin"}}),
+    Arm("screen", "frozen reader, no gradient through it: drop the training rows that the frozen base model reads "
+                  "as more desperate than the median training reply (persona-vectors data flagging)",
+        None, calibrated_screen=True),
     Arm("refit", "the hinge penalty at layer 18 plus a direction re-extracted from the training model every 4 "
                  "steps (adaptive directions)",
         {"emotions": {TARGET_EMOTION: 1.0}, **_HINGE, "refit": {"every": 4}}),
@@ -107,8 +113,8 @@ def parse_arms(value: str | list[str] | tuple[str, ...]) -> list[str]:
 
 
 def arm_recipe(arm: str, *, out_dir: Path, seed: int, max_steps: int, label: str,
-               steer_coef: float | None = None) -> dict[str, Any]:
-    """The full recipe of one arm and seed as a plain dict."""
+               steer_coef: float | None = None, screen_max_z: float | None = None) -> dict[str, Any]:
+    """The full recipe of one arm and seed as a plain dict (calibrated arms need their calibrated value)."""
     spec = ARMS[arm]
     recipe = copy.deepcopy(BASE_RECIPE)
     recipe["trainer"]["args"]["max_steps"] = max_steps
@@ -122,4 +128,8 @@ def arm_recipe(arm: str, *, out_dir: Path, seed: int, max_steps: int, label: str
     recipe["emoreg"] = {"enabled": regularizer is not None, "vectors": "default", "regularizer": regularizer or {}}
     for key, block in spec.extra.items():
         recipe[key] = copy.deepcopy(block)
+    if spec.calibrated_screen:
+        if screen_max_z is None:
+            raise ConfigError(f"demo arm {arm!r} needs its calibrated screening threshold")
+        recipe["data"]["screen"] = {"emotions": {TARGET_EMOTION: 1.0}, "max_z": float(screen_max_z), "mode": "drop"}
     return recipe

@@ -78,12 +78,15 @@ def run_demo(settings: DemoSettings, *, say: Callable[[str], None] = print) -> d
 
     start = time.perf_counter()
     out = settings.out_dir
-    calibration = calibrate_steer(settings, say=say) if any(ARMS[a].calibrated_steer for a in settings.arms) else None
+    calibrated = any(ARMS[a].calibrated_steer or ARMS[a].calibrated_screen for a in settings.arms)
+    calibration = calibrate(settings, say=say) if calibrated else None
     steer_coef = None if calibration is None else calibration["steer_coef"]
+    screen_max_z = None if calibration is None else calibration["screen_max_z"]
     # Validate every recipe before the first step runs (a typo fails in a second, not after an arm).
     runs = [(arm, seed, settings.label(arm, seed)) for arm in settings.arms for seed in settings.seed_list]
     recipes = {label: recipe_from_dict(arm_recipe(arm, out_dir=out, seed=seed, max_steps=settings.max_steps,
-                                                  label=label, steer_coef=steer_coef),
+                                                  label=label, steer_coef=steer_coef,
+                                                  screen_max_z=screen_max_z),
                                        source=f"demo arm {label!r}")
                for arm, seed, label in runs}
     out.mkdir(parents=True, exist_ok=True)
@@ -149,13 +152,15 @@ def _write_report_and_summary(settings: DemoSettings, evals: dict[str, dict[str,
     return summary
 
 
-def calibrate_steer(settings: DemoSettings, *, say: Callable[[str], None] = print) -> dict[str, Any]:
-    """The ``steer`` arm's coefficient, from the training data only.
+def calibrate(settings: DemoSettings, *, say: Callable[[str], None] = print) -> dict[str, Any]:
+    """The calibrated arms' values (``steer`` coefficient, ``screen`` threshold), from the training data only.
 
-    Rule: the frozen base model reads every training reply (in context, reply tokens only) at the bundle layer;
-    the coefficient is the mean ``desperate`` z-score of those readings, so training-time steering moves the
-    projection by as much as the training targets carry, and the gradient no longer needs to build it. No
-    held-out request, no eval metric and no trained model is involved, and the value is not tuned.
+    The frozen base model reads every training reply (in context, reply tokens only) at the bundle layer, in
+    ``desperate`` z-scores. ``steer_coef`` is their mean, so training-time steering moves the projection by as
+    much as the training targets carry, and the gradient no longer needs to build it. ``screen_max_z`` is their
+    median, so screening keeps the less desperate half of the rows (the same reader and field as
+    ``data.screen``). No held-out request, no eval metric and no trained model is involved, and neither value is
+    tuned.
     """
     from emoreg.models.checkpoint import load_for_eval
     from emoreg.regularization.frozen_reader import FrozenEmotionReader
@@ -172,11 +177,15 @@ def calibrate_steer(settings: DemoSettings, *, say: Callable[[str], None] = prin
     z = reader.read_targets(contexts, replies)[:, 0]
     finite = z[z.isfinite()]
     coef = float(finite.mean())
-    say(f"[emoreg demo] steer calibration: the frozen base model reads the {len(finite)} training replies at "
-        f"z = {coef:.3f} (mean) at layer {reader.layer}; steer_coef = {coef:.3f} (z units)")
+    median = float(finite.median())
+    say(f"[emoreg demo] calibration: the frozen base model reads the {len(finite)} training replies at "
+        f"z = {coef:.3f} (mean), {median:.3f} (median) at layer {reader.layer}; steer_coef = {coef:.3f} (z units), "
+        f"screen max_z = {median:.3f}")
     return {"steer_coef": coef, "layer": reader.layer, "rows": int(len(finite)),
             "reply_z_std": float(finite.std()) if len(finite) > 1 else 0.0,
-            "rule": "mean frozen-base z-score of the training replies (in context, reply tokens) at the steer layer"}
+            "rule": "mean frozen-base z-score of the training replies (in context, reply tokens) at the steer layer",
+            "screen_max_z": median,
+            "screen_rule": "median frozen-base z-score of the training replies: the less desperate half is kept"}
 
 
 def _train_arm(recipe, output_dir: Path) -> dict[str, Any]:
