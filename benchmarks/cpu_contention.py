@@ -74,8 +74,9 @@ def main() -> None:
     print()
     print("| configuration | wall (s) | vs alone, one thread per core |")
     print("|---|---|---|")
-    for label, wall in (("alone, one thread per core", alone_cores), ("alone, emoreg default", alone_auto),
-                        ("busy, one thread per core (before)", busy_cores), ("busy, emoreg default (after)", busy_auto)):
+    rows = (("alone, one thread per core", alone_cores), ("alone, emoreg default", alone_auto),
+            ("busy, one thread per core (before)", busy_cores), ("busy, emoreg default (after)", busy_auto))
+    for label, wall in rows:
         print(f"| {label} | {wall:.1f} | {wall / alone_cores:.2f}x |")
     print(f"\nunder contention the emoreg default is {busy_cores / busy_auto:.2f}x faster than one thread per core")
 

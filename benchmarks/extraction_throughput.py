@@ -49,7 +49,8 @@ def main() -> None:
 
     model, tokenizer = load_model_and_tokenizer(args.model)
     full = load_builtin_corpus(args.emotions.split(","))
-    stories = [s for e in full.emotions for s in [x for x in full.stories if x.emotion == e][: args.stories_per_emotion]]
+    stories = [s for e in full.emotions
+               for s in [x for x in full.stories if x.emotion == e][: args.stories_per_emotion]]
     corpus = Corpus(stories=stories, neutral=full.neutral[: args.neutral])
     config = ExtractionConfig(batch_size=args.batch_size)
     neutral = [t.text for t in corpus.neutral]

@@ -67,7 +67,8 @@ def main() -> None:
     model.train()
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    vectors = EmotionVectors.from_pretrained("default") if args.model == "default" else random_bundle(model, args.emotions)
+    vectors = (EmotionVectors.from_pretrained("default") if args.model == "default"
+               else random_bundle(model, args.emotions))
     emotions = vectors.emotions[: args.emotions]
     mode = {"mode": args.mode} if args.mode == "penalty" else {"mode": "ablate", "ablate_to": "zero"}
     layers = list(range(num_layers(model))) if args.layers == "all" else [int(x) for x in args.layers.split(",")]

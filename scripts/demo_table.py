@@ -25,7 +25,8 @@ def main(path: str) -> int:
     arms, paired, verdicts = summary["arms"], summary["paired"], summary["verdicts"]
     seeds = summary["settings"]["seeds"]
     print(f"Seeds {seeds}; layer {summary['layer']}; {summary['seconds']:.0f} s in all.\n")
-    columns = [("text emotion", "text_emotion", 3), ("distress rate", "failure_rate", 3), ("skill (format)", "skill", 3),
+    columns = [("text emotion", "text_emotion", 3), ("distress rate", "failure_rate", 3),
+               ("skill (format)", "skill", 3),
                ("turn-start shift (z)", "shift", 2), ("reply shift (z)", "shift_response", 2),
                ("held-out shift (z)", "heldout_shift", 2), ("perplexity", "capability", 2),
                ("KL to base", "kl_to_base", 3)]

@@ -17,7 +17,8 @@ rule was written after an exploratory pass of this grid; that pass also printed 
 accuracy, which the rule does not use. This script never reads dev.)
 
 Usage:
-    .venv/bin/python scripts/select_extraction_variant.py --goemotions-train ../shared/data/goemotions_ekman/ekman_train.tsv \
+    .venv/bin/python scripts/select_extraction_variant.py \
+        --goemotions-train ../shared/data/goemotions_ekman/ekman_train.tsv \
         --valence "$(bash scripts/fetch_valence_ratings.sh)" --out VARIANTS.md
 """
 
@@ -82,7 +83,8 @@ def main() -> None:
     by: dict[str, list[str]] = {}
     for label, text in zip(train.labels, train.texts):
         by.setdefault(label, []).append(text)
-    sample = [(label, text) for label in sorted(by) for text in rng.sample(by[label], min(args.per_label, len(by[label])))]
+    sample = [(label, text) for label in sorted(by)
+              for text in rng.sample(by[label], min(args.per_label, len(by[label])))]
     sample += [("neutral", text) for text in rng.sample(train.neutral, min(args.per_label, len(train.neutral)))]
     order = list(range(len(sample)))
     random.Random(1).shuffle(order)
@@ -144,11 +146,12 @@ def main() -> None:
             S, _ = class_directions(stories[:, li], s_lab, len(emotions))
             D, _ = class_directions(dialogues[:, li], d_lab, len(emotions))
 
-            def labelled(baseline):
+            def labelled(baseline, li=li):
                 x = go[fit, li]
                 labels = [go_labels[i] for i in fit.tolist()]
                 m = torch.stack([x[torch.tensor([lb == e for lb in labels])].mean(0) for e in SIX])
-                centre = m.mean(0) if baseline == "emotions" else x[torch.tensor([lb == "neutral" for lb in labels])].mean(0)
+                neutral_rows = torch.tensor([lb == "neutral" for lb in labels])
+                centre = m.mean(0) if baseline == "emotions" else x[neutral_rows].mean(0)
                 full = torch.zeros(len(emotions), x.shape[1])
                 full[six] = denoise(m - centre)
                 return full

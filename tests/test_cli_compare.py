@@ -74,7 +74,8 @@ def test_full_path_calls_evaluate_model(tmp_path, fake_runner):
     ckpt1.mkdir(parents=True)
     ckpt2.mkdir(parents=True)
     out = tmp_path / "cmp"
-    code = main(["compare", base, str(ckpt1), str(ckpt2), "--out", str(out), "--suites", "probes,capability,concealment",
+    code = main(["compare", base, str(ckpt1), str(ckpt2), "--out", str(out),
+                 "--suites", "probes,capability,concealment",
                  "--limit", "5", "--seed", "3", "--judge", "hf:judge", "--data", "probes=p.jsonl",
                  "--data", "capability.multiple_choice=mc.jsonl", "--batch-size", "2", "--max-new-tokens", "16",
                  "--cache-dir", str(tmp_path / "cache"), "--dtype", "bfloat16", "--device", "cpu"])

@@ -35,7 +35,8 @@ def test_shipped_bundle_shape_and_provenance(shipped):
     assert shipped.extraction["sources"] == ["stories", "dialogues", "labelled"]
     details = shipped.extraction["source_details"]
     corpus = load_builtin_corpus()
-    assert details["stories"]["examples"] == len(corpus.stories) and details["dialogues"]["examples"] == len(corpus.dialogues)
+    assert details["stories"]["examples"] == len(corpus.stories)
+    assert details["dialogues"]["examples"] == len(corpus.dialogues)
     assert details["labelled"]["file"] == "ekman_train.tsv" and details["labelled"]["per_label"] == 500
     assert shipped.validation["heldout_topic_accuracy_default_layer"] >= 0.70
     assert shipped.validation["goemotions_balanced_accuracy_default_layer"] >= 0.35
@@ -50,8 +51,9 @@ def test_shipped_bundle_was_extracted_from_the_current_corpus(shipped):
                              seed=details["seed"])
     assert labelled.description["sha256"] == details["sha256"]
     corpus = load_builtin_corpus().with_labelled(labelled.texts, labelled.description)
-    assert shipped.corpus_sha256 == corpus.content_hash(), \
-        "the built-in corpus changed since the shipped bundle was extracted: re-extract it (scripts/extract_default_bundle.sh)"
+    assert shipped.corpus_sha256 == corpus.content_hash(), (
+        "the built-in corpus changed since the shipped bundle was extracted: "
+        "re-extract it (scripts/extract_default_bundle.sh)")
 
 
 def test_shipped_bundle_fits_the_embedded_model_exactly(shipped, model_and_tokenizer):
@@ -81,7 +83,8 @@ def test_reextraction_on_a_reduced_corpus_agrees(shipped, model_and_tokenizer):
     mine = vectors.subset(emotions=compared).directions(layer)
     theirs = shipped.subset(emotions=compared).directions(layer)
     cosine = (mine * theirs).sum(-1)
-    print("\ncosine with the shipped directions per emotion:", {e: round(float(c), 3) for e, c in zip(compared, cosine)})
+    print("\ncosine with the shipped directions per emotion:",
+          {e: round(float(c), 3) for e, c in zip(compared, cosine)})
     # measured: see the numbers printed above (mean and lowest in the closing note of issue 12)
     assert float(cosine.mean()) > 0.85
     assert float(cosine.min()) > 0.5

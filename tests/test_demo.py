@@ -8,8 +8,16 @@ import math
 import pytest
 
 from emoreg.cli.main import main
-from emoreg.demo import (ARMS, DEFAULT_ARMS, TARGET_EMOTION, DemoSettings, arm_recipe, build_summary, format_summary,
-                         parse_arms)
+from emoreg.demo import (
+    ARMS,
+    DEFAULT_ARMS,
+    TARGET_EMOTION,
+    DemoSettings,
+    arm_recipe,
+    build_summary,
+    format_summary,
+    parse_arms,
+)
 from emoreg.errors import ConfigError
 from emoreg.vectors.bundle import EmotionVectors
 
@@ -82,7 +90,8 @@ def _records(text: list[float], fail: list[bool], skill: list[bool], own: list[f
                         "nll_sum": 10 * ppl_nll, "kl_sum": ppl_nll / 3.0})
     diffs = [probe + 0.1 * math.sin(i) for i in range(12)]
     records.append({"suite": "concealment", "id": TARGET_EMOTION, "emotion": TARGET_EMOTION, "readings": {
-        name: {"z_diffs": list(diffs) if name != "regularised" else [regularised + 0.05 * math.cos(i) for i in range(12)]}
+        name: {"z_diffs": list(diffs) if name != "regularised"
+               else [regularised + 0.05 * math.cos(i) for i in range(12)]}
         for name in ("regularised", "other_layers", "reextracted", "linear_probe")}})
     return records
 
@@ -128,7 +137,7 @@ def test_summary_pools_seeds_pairs_requests_and_decides_on_intervals(tmp_path):
                     "capability", "kl_to_base"):
             assert {"value", "ci", "n"} <= set(row[key]), (arm, key)
     none, steer = summary["arms"]["none"], summary["arms"]["steer"]
-    assert none["failure_rate"]["n"] == 2 * N  # pooled over both seeds
+    assert none["failure_rate"]["n"] == steer["failure_rate"]["n"] == 2 * N  # pooled over both seeds
     assert none["shift"]["value"] == pytest.approx(1.2) and none["shift"]["n"] == N
     assert set(none["per_seed"]) == {"0", "1"} and set(none["training"]) == {"0", "1"}
     assert summary["calibration"] == {"steer_coef": 0.7}

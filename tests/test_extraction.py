@@ -283,7 +283,8 @@ def test_an_emotion_in_one_source_only_keeps_that_sources_direction(tiny_llama, 
 
 
 def test_source_errors(tiny_llama, tiny_tokenizer):
-    with pytest.raises(ConfigError, match=r"sources must be a non-empty subset of \['stories', 'dialogues', 'labelled'\]"):
+    with pytest.raises(ConfigError,
+                       match=r"sources must be a non-empty subset of \['stories', 'dialogues', 'labelled'\]"):
         extract_emotion_vectors(tiny_llama, tiny_tokenizer, synthetic_corpus(),
                                 ExtractionConfig(sources=("storys",)), progress=False)
     with pytest.raises(DataFormatError, match="the source 'dialogues' was selected but the corpus has no dialogues"):

@@ -27,7 +27,8 @@ def test_mapped_labels_and_skipped_rows(tmp_path):
         {"body": "Meh.", "tag": "other"},
     ])
     data = load_labelled(path, text_field="body", label_field="tag", label_map={"joy": "happy", "sadness": "sad"})
-    assert [(t.emotion, t.text) for t in data.texts][:2] == [("happy", "What a day, we won!"), ("sad", "It all went wrong.")]
+    assert [(t.emotion, t.text) for t in data.texts][:2] == [("happy", "What a day, we won!"),
+                                                             ("sad", "It all went wrong.")]
     assert data.emotions == ["happy", "sad"]
     assert data.description["rows_skipped_unmapped"] == 1
     assert data.description["rows_per_emotion"] == {"happy": 2, "sad": 2}

@@ -45,7 +45,8 @@ def test_csv_row_with_extra_fields(tmp_path):
 
 
 def test_require_text_field_messages():
-    with pytest.raises(DataFormatError, match=r"f.jsonl, line 4: missing field 'text'; the record has fields \['body'\]"):
+    with pytest.raises(DataFormatError,
+                       match=r"f.jsonl, line 4: missing field 'text'; the record has fields \['body'\]"):
         require_text_field("f.jsonl", 4, {"body": "x"}, "text")
     with pytest.raises(DataFormatError, match="must be a non-empty string"):
         require_text_field("f.jsonl", 4, {"text": "  "}, "text")

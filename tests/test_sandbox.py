@@ -226,7 +226,8 @@ def test_a_child_that_leaves_the_process_group_is_killed_too(tmp_path, escape):
                   + ("os.setsid()\n" if escape == "setsid" else "")
                   + f"time.sleep(1.5)\nopen({str(marker)!r}, 'w').write('still running')\n")
     if escape == "setsid":
-        spawn = f"child = subprocess.Popen([sys.executable, '-c', {grandchild!r}])\nprint('CHILD', child.pid, flush=True)\n"
+        spawn = (f"child = subprocess.Popen([sys.executable, '-c', {grandchild!r}])\n"
+                 "print('CHILD', child.pid, flush=True)\n")
     else:  # the intermediate process exits at once: the grandchild is reparented
         launcher = (f"import subprocess, sys\nc = subprocess.Popen([sys.executable, '-c', {grandchild!r}], "
                     "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"

@@ -43,7 +43,8 @@ def test_packed_sequences_use_position_ids():
 def test_kv_cache_step_uses_the_last_columns():
     context = BatchContext(attention_mask=torch.tensor([[0, 1, 1, 1]]))
     assert content_positions(context, 1, 1, 1, CPU).tolist() == [[True]]
-    assert content_positions(BatchContext(attention_mask=torch.tensor([[0, 0, 0, 1]])), 1, 1, 1, CPU).tolist() == [[False]]
+    only_last = BatchContext(attention_mask=torch.tensor([[0, 0, 0, 1]]))
+    assert content_positions(only_last, 1, 1, 1, CPU).tolist() == [[False]]
 
 
 def test_no_context_drops_leading_positions():

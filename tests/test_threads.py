@@ -32,7 +32,8 @@ def test_parse_threads_rejects_what_is_not_a_positive_count(value):
 def test_precedence_argument_then_emoreg_threads_then_omp(two_idle_cores):
     env = {"EMOREG_THREADS": "3", "OMP_NUM_THREADS": "5"}
     assert (choose_threads(1, environ=env).threads, choose_threads(1, environ=env).source) == (1, "argument")
-    assert (choose_threads(None, environ=env).threads, choose_threads(None, environ=env).source) == (3, "EMOREG_THREADS")
+    from_env = choose_threads(None, environ=env)
+    assert (from_env.threads, from_env.source) == (3, "EMOREG_THREADS")
     only_omp = choose_threads(None, environ={"OMP_NUM_THREADS": "5"})
     assert (only_omp.threads, only_omp.source) == (5, "OMP_NUM_THREADS")
     auto = choose_threads(None, environ={})

@@ -36,9 +36,9 @@ def test_offset_is_padding_side_invariant():
     right = torch.tensor([[1, 1, 1, 1, 1, 1, 0, 0]])
     left = torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1]])
     r = offset_mask(right, token_offset=2)
-    l = offset_mask(left, token_offset=2)
-    assert r.sum() == l.sum() == 4
-    assert r[0, :6].tolist() == l[0, 2:].tolist()
+    left_mask = offset_mask(left, token_offset=2)
+    assert r.sum() == left_mask.sum() == 4
+    assert r[0, :6].tolist() == left_mask[0, 2:].tolist()
 
 
 def test_masked_mean_matches_manual_mean():

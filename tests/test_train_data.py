@@ -1,4 +1,5 @@
-"""emoreg.train.data: built-in names, .jsonl/.json/.parquet files, cached hub ids; column errors name file/line/column."""
+"""emoreg.train.data: built-in names, .jsonl/.json/.parquet files, cached hub ids; column errors name file, line
+and column."""
 
 from __future__ import annotations
 
@@ -59,7 +60,8 @@ def test_json_array_json_lines_and_parquet_give_the_same_rows(tmp_path):
     ("sft", [{"messages": [USER, ASSISTANT]}, {"prompt": "x", "completion": "y"}],
      r"rows\.jsonl, line 2: missing column 'messages' \(the first row uses messages\)"),
     ("sft", [{"question": "q", "answer": "a"}],
-     r"rows\.jsonl, line 1: a sft row needs messages or prompt\+completion or text columns; .*\['answer', 'question'\]"),
+     r"rows\.jsonl, line 1: a sft row needs messages or prompt\+completion or text columns; "
+     r".*\['answer', 'question'\]"),
     ("sft", [{"messages": [USER]}], r"line 1: column 'messages' has no assistant message"),
     ("sft", [{"messages": "hello"}], r"line 1: column 'messages' must be a list of \{role, content\} messages"),
     ("sft", [{"messages": [{"role": "robot", "content": "x"}, ASSISTANT]}],

@@ -42,7 +42,8 @@ def parse_layers(text: str | None) -> list[int] | None:
             else:
                 layers.add(int(part))
     except ValueError:
-        raise ConfigError(f"--layers: expected 'all', a list like '10,20' or a range like '10-20', got {text!r}") from None
+        raise ConfigError(f"--layers: expected 'all', a list like '10,20' or a range like '10-20', "
+                          f"got {text!r}") from None
     if not layers:
         raise ConfigError(f"--layers: no layer in {text!r}")
     return sorted(layers)

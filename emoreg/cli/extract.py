@@ -54,14 +54,16 @@ def add_parser(subparsers) -> None:
                              "the baseline, not an emotion)")
     parser.add_argument("--labelled-per-label", type=int, metavar="N",
                         help="at most N rows per emotion from --labelled (seeded sample; default: all)")
-    parser.add_argument("--neutral", metavar="FILE", help="JSONL/CSV/TSV of neutral texts (text) replacing the built-in ones")
+    parser.add_argument("--neutral", metavar="FILE",
+                        help="JSONL/CSV/TSV of neutral texts (text) replacing the built-in ones")
     parser.add_argument("--token-offset", type=int, default=50,
                         help="average story tokens from this position on; short stories start at half their "
                              "length instead (default: %(default)s)")
     parser.add_argument("--sink-tokens", type=int, default=1,
                         help="leading real tokens of each sequence excluded as attention sinks (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=8, help="texts per forward pass (default: %(default)s)")
-    parser.add_argument("--max-length", type=int, default=512, help="truncate texts to this many tokens (default: %(default)s)")
+    parser.add_argument("--max-length", type=int, default=512,
+                        help="truncate texts to this many tokens (default: %(default)s)")
     parser.add_argument("--pca-variance", type=float, default=0.5,
                         help="project out the neutral principal components explaining this fraction of "
                              "variance; 0 disables (default: %(default)s)")
@@ -99,9 +101,8 @@ def run(args: argparse.Namespace) -> int:
     from emoreg.models.loading import load_model_and_tokenizer, resolve_model_source
     from emoreg.vectors.corpus import Corpus, load_builtin_corpus, load_builtin_neutral, load_neutral, load_stories
     from emoreg.vectors.dialogues import load_dialogues
-    from emoreg.vectors.extraction import SOURCES
+    from emoreg.vectors.extraction import SOURCES, ExtractionConfig, extract_emotion_vectors
     from emoreg.vectors.labelled import load_labelled, parse_label_map
-    from emoreg.vectors.extraction import ExtractionConfig, extract_emotion_vectors
     from emoreg.vectors.validation import build_validation_report, summarize, write_validation_report
 
     check_out(Path(args.out), overwrite=args.overwrite)

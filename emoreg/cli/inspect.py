@@ -23,6 +23,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     fp = vectors.model_fingerprint
     ext = vectors.extraction
+    statistics = f"mean, std, percentiles {list(vectors.percentile_levels)}" if vectors.has_stats else "none"
     lines = [
         f"bundle:          {args.bundle}",
         f"library version: {vectors.library_version}",
@@ -32,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
         f"layers ({len(vectors.layers)}):     {_ranges(vectors.layers)}",
         f"default layer:   {vectors.default_layer}",
         f"hidden size:     {vectors.hidden_size}",
-        f"statistics:      {'mean, std, percentiles ' + str(list(vectors.percentile_levels)) if vectors.has_stats else 'none'}",
+        f"statistics:      {statistics}",
         f"corpus sha256:   {vectors.corpus_sha256 or 'unknown'}",
     ]
     if ext:

@@ -26,7 +26,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--layer", type=int, help="layer to read (default: the bundle's default layer)")
     add_model_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=16, help="rows per forward pass (default: %(default)s)")
-    parser.add_argument("--max-length", type=int, help="truncate rows to this many tokens (default: the model's context)")
+    parser.add_argument("--max-length", type=int,
+                        help="truncate rows to this many tokens (default: the model's context)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(run=run)
 

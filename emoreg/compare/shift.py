@@ -157,7 +157,8 @@ def compute_shift(base_records: Iterable[Mapping[str, Any]], checkpoint_records:
         z = None if std is None else {e: _scaled(raw[e], std[e]) for e in emotions}
         readings[reading] = ReadingShift(raw=raw, z=z, n_paired=len(ids), no_response=no_response)
     return ShiftReport(layer=layer, emotions=emotions, readings=readings, only_in_base=only_in_base,
-                       only_in_checkpoint=only_in_checkpoint, std=None if std is None else {e: std[e] for e in emotions})
+                       only_in_checkpoint=only_in_checkpoint,
+                       std=None if std is None else {e: std[e] for e in emotions})
 
 
 def _common_layer(base: Mapping[str, Mapping[str, Any]], checkpoint: Mapping[str, Mapping[str, Any]],

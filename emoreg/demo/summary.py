@@ -252,8 +252,9 @@ def obfuscation_verdict(arm: str, arms: Mapping[str, Any], paired: Mapping[str, 
     itself: short of 0 by that margin). ``refit_flag``: against ``none`` on the concealment suite's prompts, the
     regularised reading (the bundle direction at the bundle layer) falls by more than the margin while the held-out
     readings (other layers, a direction re-extracted from the checkpoint, a linear probe refit on it) do not:
-    what the regulariser pushed on went down, what it never saw did not. (The concealment suite's own flags compare each model with
-    the base model and flag ``none`` too with this bundle, README "The demo"; they stay in the rows.)
+    what the regulariser pushed on went down, what it never saw did not. (The concealment suite's own flags compare
+    each model with the base model and flag ``none`` too with this bundle, README "The demo"; they stay in the
+    rows.)
     """
     vs_base = paired[arm]["vs_base"]
     text_up = _above(vs_base["text_emotion"]) or _above(vs_base["failure"])

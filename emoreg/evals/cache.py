@@ -19,7 +19,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import torch
 from torch import nn
@@ -153,7 +153,7 @@ class CacheEntry:
     def is_complete(self) -> bool:
         return self.metrics_path.is_file()
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> CacheEntry:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._lock = _lock(self.directory / LOCK_FILE)
         try:

@@ -70,7 +70,8 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataFormatError(f"{path}, line {number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+                raise DataFormatError(f"{path}, line {number}: not valid JSON "
+                                      f"({exc.msg} at column {exc.colno})") from None
             if not isinstance(record, dict):
                 raise DataFormatError(
                     f"{path}, line {number}: expected a JSON object, got {type(record).__name__}"

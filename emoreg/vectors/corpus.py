@@ -84,7 +84,7 @@ class Corpus:
         """Topics in first-appearance order of the stories."""
         return list(dict.fromkeys(story.topic for story in self.stories))
 
-    def select(self, emotions: Sequence[str] | None) -> "Corpus":
+    def select(self, emotions: Sequence[str] | None) -> Corpus:
         """Return a corpus restricted to ``emotions`` (all of them when ``None``)."""
         if emotions is None:
             return self
@@ -106,7 +106,7 @@ class Corpus:
             labelled_description=dict(self.labelled_description),
         )
 
-    def with_stories(self, extra: Iterable[Story], replace_emotions: bool = True) -> "Corpus":
+    def with_stories(self, extra: Iterable[Story], replace_emotions: bool = True) -> Corpus:
         """Add ``extra`` stories; with ``replace_emotions`` an emotion present in
         ``extra`` drops its existing stories (the user's set replaces ours)."""
         extra = list(extra)
@@ -114,18 +114,18 @@ class Corpus:
         kept = [s for s in self.stories if s.emotion not in replaced]
         return replace(self, stories=kept + extra, banned_words=dict(self.banned_words))
 
-    def with_neutral(self, neutral: Sequence[NeutralText]) -> "Corpus":
+    def with_neutral(self, neutral: Sequence[NeutralText]) -> Corpus:
         """Return a corpus whose neutral texts are ``neutral``."""
         return replace(self, stories=list(self.stories), neutral=list(neutral), banned_words=dict(self.banned_words))
 
-    def with_dialogues(self, extra: Iterable[Dialogue], replace_emotions: bool = True) -> "Corpus":
+    def with_dialogues(self, extra: Iterable[Dialogue], replace_emotions: bool = True) -> Corpus:
         """Add dialogues; with ``replace_emotions`` an emotion present in ``extra`` drops its existing ones."""
         extra = list(extra)
         replaced = {d.emotion for d in extra} if replace_emotions else set()
         kept = [d for d in self.dialogues if d.emotion not in replaced]
         return replace(self, dialogues=kept + extra)
 
-    def with_labelled(self, texts: Sequence[LabelledText], description: dict | None = None) -> "Corpus":
+    def with_labelled(self, texts: Sequence[LabelledText], description: dict | None = None) -> Corpus:
         """Return a corpus whose labelled texts are ``texts`` (``description`` goes into the bundle)."""
         return replace(self, labelled=list(texts), labelled_description=dict(description or {}))
 

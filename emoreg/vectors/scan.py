@@ -44,7 +44,8 @@ def read_scan_rows(path: str | Path, text_field: str = "text", id_field: str | N
             raise missing_field_error(path, line, record, text_field, " (choose one with --text-field)")
         text = record[text_field]
         if not isinstance(text, str):
-            raise DataFormatError(f"{path}, line {line}: field {text_field!r} must be a string, got {type(text).__name__}")
+            raise DataFormatError(f"{path}, line {line}: field {text_field!r} must be a string, "
+                                  f"got {type(text).__name__}")
         row_id = record.get(id_field, index) if id_field else index
         rows.append(ScanRow(id=row_id, text=text, line=line))
     if not rows:

@@ -19,9 +19,9 @@ from pathlib import Path
 if __name__ == "__main__":  # launched as a file: make `tests` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import torch  # noqa: E402
+import torch
 
-from tests.distributed.common import (  # noqa: E402
+from tests.distributed.common import (
     emoreg_config,
     full_parameters,
     rank_and_world,
