@@ -9,7 +9,8 @@ import types
 import pytest
 
 import emoreg.evals.suites as suites_package
-from emoreg.cli.compare import parse_data, unique_labels
+from emoreg.cli.common import parse_data_specs as parse_data
+from emoreg.cli.compare import unique_labels
 from emoreg.cli.main import main
 from emoreg.errors import ConfigError
 from tests.test_compare_report import write_eval_dir

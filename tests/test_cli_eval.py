@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from emoreg.cli.eval import default_out_dir, format_table, parse_data_specs
+from emoreg.cli.common import parse_data_specs
+from emoreg.cli.eval import default_out_dir, format_table
 from emoreg.cli.main import main
 from emoreg.errors import ConfigError
 from emoreg.evals import suites as registry

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from emoreg.cli.common import add_threads_argument
+from emoreg.cli.common import add_data_argument, add_runtime_arguments, parse_data_specs, parse_names, safe_name
 from emoreg.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -49,15 +49,11 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--limit", type=int, default=None, help="at most N items per suite part (seeded subset)")
     parser.add_argument("--seed", type=int, default=0, help="seed for item subsets and sampling (default: %(default)s)")
     parser.add_argument("--judge", default="rule", help="rule, hf:<model> or openai:<model> (default: %(default)s)")
-    parser.add_argument("--data", action="append", default=[], metavar="SUITE[.PART]=PATH",
-                        help="replace a suite's data (repeatable)")
+    add_data_argument(parser)
     parser.add_argument("--batch-size", type=int, default=8, help="default: %(default)s")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="cap on generated tokens per reply")
     parser.add_argument("--cache-dir", default=None, help="eval cache directory (default: $EMOREG_CACHE/evals)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"],
-                        help="model dtype (default: %(default)s)")
-    parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
-    add_threads_argument(parser)
+    add_runtime_arguments(parser)
     parser.set_defaults(run=run)
 
 
@@ -65,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from emoreg.compare.report import load_eval_dir, write_report
 
     out = Path(args.out)
-    targets = _names(args.target_emotions, "--target-emotions")
+    targets = parse_names(args.target_emotions, "--target-emotions")
     if args.from_evals:
         if args.models:
             raise ConfigError("give either models to evaluate or --from-evals directories, not both "
@@ -91,7 +87,7 @@ def _evaluate_all(args: argparse.Namespace, out: Path) -> list[Any]:
     base, checkpoints = args.models[0], args.models[1:]
     labels = _labels(args.labels, [_model_name(ref) for ref in args.models], base_label="base")
     suites = _suites(args.suites)
-    data = parse_data(args.data)
+    data = parse_data_specs(args.data)
     _check_positive(args)
     models = []
     for index, (ref, label) in enumerate(zip([base, *checkpoints], labels)):
@@ -106,20 +102,6 @@ def _evaluate_all(args: argparse.Namespace, out: Path) -> list[Any]:
                        cache_dir=args.cache_dir, dtype=args.dtype, device=args.device, progress=True)
         models.append(load_eval_dir(eval_dir, label))
     return models
-
-
-def parse_data(values: list[str]) -> dict[str, str]:
-    """``["SUITE[.PART]=PATH", ...]`` -> ``{"SUITE[.PART]": PATH}``; malformed or repeated keys are errors."""
-    data: dict[str, str] = {}
-    for value in values:
-        key, sep, path = value.partition("=")
-        if not sep or not key.strip() or not path.strip():
-            raise ConfigError(f"--data: expected SUITE=PATH or SUITE.PART=PATH, got {value!r}")
-        key = key.strip()
-        if key in data:
-            raise ConfigError(f"--data: {key} given twice ({data[key]!r} and {path!r})")
-        data[key] = path.strip()
-    return data
 
 
 def unique_labels(names: list[str]) -> list[str]:
@@ -139,12 +121,12 @@ def _model_name(ref: str) -> str:
     """A label from a model ref: a directory's name, or a hub id with '/' as '--'; safe as a directory name."""
     path = Path(ref)
     name = path.resolve().name if path.exists() else ref.replace("/", "--")
-    return re.sub(r"[^A-Za-z0-9._+-]", "_", name) or "model"
+    return safe_name(name)
 
 
 def _labels(given: str | None, names: list[str], base_label: str | None) -> list[str]:
     if given is not None:
-        labels = _names(given, "--labels") or []
+        labels = parse_names(given, "--labels") or []
         if len(labels) != len(names):
             raise ConfigError(f"--labels: expected {len(names)} labels (one per model), got {len(labels)}")
         bad = [label for label in labels if not re.fullmatch(r"[A-Za-z0-9._+-]+", label)]
@@ -164,16 +146,7 @@ def _suites(text: str) -> list[str]:
         from emoreg.evals.suites import SUITE_NAMES
 
         return list(SUITE_NAMES)
-    return _names(text, "--suites") or []
-
-
-def _names(text: str | None, option: str) -> list[str] | None:
-    if text is None:
-        return None
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    if not names:
-        raise ConfigError(f"{option}: expected a comma-separated list of names, got {text!r}")
-    return names
+    return parse_names(text, "--suites") or []
 
 
 def _check_positive(args: argparse.Namespace) -> None:

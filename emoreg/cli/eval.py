@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 from pathlib import Path
 from typing import Any
 
-from emoreg.cli.common import add_threads_argument
+from emoreg.cli.common import add_data_argument, add_runtime_arguments, parse_data_specs, safe_name
 from emoreg.errors import ConfigError
 
 
@@ -28,8 +27,7 @@ def add_parser(subparsers) -> None:
                         help="emotion-vector bundle directory or 'default' (default: %(default)s)")
     parser.add_argument("--base", help="base model for KL and concealment (default: the base the checkpoint "
                                        "records; 'none' for no base)")
-    parser.add_argument("--data", action="append", default=[], metavar="SUITE[.PART]=PATH",
-                        help="replace a suite's data file (the first part with SUITE=PATH); repeatable")
+    add_data_argument(parser)
     parser.add_argument("--limit", type=int, help="at most N items per data part (a seeded random subset)")
     parser.add_argument("--seed", type=int, default=0, help="seed for item subsets and sampling (default: 0)")
     parser.add_argument("--judge", default="rule", help="rule, hf:MODEL or openai:MODEL (default: %(default)s)")
@@ -40,25 +38,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--out", help="output directory (default: evals/<model name>)")
     parser.add_argument("--cache-dir", help="cache root (default: $EMOREG_CACHE/evals)")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"],
-                        help="model dtype (default: %(default)s)")
-    parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
-    add_threads_argument(parser)
+    add_runtime_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(run=run)
-
-
-def parse_data_specs(specs: list[str]) -> dict[str, str]:
-    """``["SUITE=PATH", "SUITE.PART=PATH"]`` -> ``{"SUITE": "PATH", "SUITE.PART": "PATH"}``."""
-    out: dict[str, str] = {}
-    for spec in specs:
-        name, sep, path = spec.partition("=")
-        if not sep or not name.strip() or not path.strip():
-            raise ConfigError(f"--data {spec!r}: expected SUITE=PATH or SUITE.PART=PATH")
-        if name.strip() in out:
-            raise ConfigError(f"--data {name.strip()} given twice")
-        out[name.strip()] = path.strip()
-    return out
 
 
 def default_out_dir(model: str) -> Path:
@@ -66,7 +48,7 @@ def default_out_dir(model: str) -> Path:
     name = Path(model.rstrip("/\\")).name or "model"
     if name.lower().endswith(".gguf"):
         name = name[:-5]
-    return Path("evals") / (re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "model")
+    return Path("evals") / safe_name(name)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_out(Path(args.out), overwrite=args.overwrite)
     layers = parse_layers(args.layers)
-    emotions = parse_names(args.emotions)
+    emotions = parse_names(args.emotions, "--emotions")
     extra = [story for path in args.stories for story in load_stories(path)]
     neutral = load_neutral(args.neutral) if args.neutral else None
     if args.no_builtin_stories:
@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
                                  label_map=label_map, file_format=args.labelled_format,
                                  per_label=args.labelled_per_label, seed=args.seed)
         corpus = corpus.with_labelled(labelled.texts, labelled.description)
-    sources = parse_names(args.sources) or list(ExtractionConfig().resolved_sources(corpus))
+    sources = parse_names(args.sources, "--sources") or list(ExtractionConfig().resolved_sources(corpus))
     unknown = [name for name in sources if name not in SOURCES]
     if unknown:
         raise ConfigError(f"--sources: unknown source(s) {unknown}; choose from {list(SOURCES)}")

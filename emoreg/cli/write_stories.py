@@ -35,8 +35,8 @@ def run(args: argparse.Namespace) -> int:
     from emoreg.vectors.corpus import BUILTIN_EMOTIONS, load_builtin_corpus
     from emoreg.vectors.story_generation import write_stories
 
-    emotions = parse_names(args.emotions)
-    topics = parse_names(args.topics)
+    emotions = parse_names(args.emotions, "--emotions")
+    topics = parse_names(args.topics, "--topics")
     known = [e for e in emotions if e in BUILTIN_EMOTIONS]
     banned = load_builtin_corpus(known).banned_words if known else {}
     model, tokenizer = load_model_and_tokenizer(args.model, dtype=args.dtype, device=args.device)
