@@ -56,13 +56,28 @@ def test_outputs_get_umask_permissions(tmp_path):
     assert oct((tmp_path / "out.txt").stat().st_mode & 0o777) == oct(0o644)
 
 
-def test_atomic_file_leaves_nothing_behind_when_the_final_replace_fails(tmp_path):
+def test_atomic_file_refuses_a_directory_before_writing(tmp_path):
+    from emoreg.errors import ConfigError
+
     target = tmp_path / "out"
-    target.mkdir()  # a directory cannot be replaced by a file
-    with pytest.raises(OSError):
+    target.mkdir()
+    with pytest.raises(ConfigError, match=r"out is a directory; give a file path for the output"):
         with atomic_file(target) as handle:
             handle.write("x")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and target.is_dir()
+
+
+def test_atomic_file_leaves_nothing_behind_when_the_final_replace_fails(tmp_path, monkeypatch):
+    import emoreg.utils.atomic as atomic
+
+    def failing_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(atomic.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        with atomic_file(tmp_path / "out.txt") as handle:
+            handle.write("x")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_atomic_directory_never_replaces_what_is_not_ours(tmp_path):

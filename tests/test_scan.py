@@ -99,3 +99,18 @@ def test_a_missing_csv_column_is_reported_at_the_header(tmp_path):
     with pytest.raises(DataFormatError, match=r"d.csv, line 1 \(header\): no column 'text'; the header has "
                                               r"\['id', 'body'\] \(choose one with --text-field\)"):
         read_scan_rows(path)
+
+
+def test_cli_scan_refuses_an_output_directory_before_any_model_loads(tmp_path, capsys, monkeypatch):
+    from emoreg.cli.main import main
+    from emoreg.models import loading
+
+    monkeypatch.setattr(loading, "load_model_and_tokenizer",
+                        lambda *a, **k: pytest.fail("the model loaded before --out was checked"))
+    data = tmp_path / "rows.jsonl"
+    data.write_text('{"text": "hello"}\n')
+    (tmp_path / "outdir").mkdir()
+    assert main(["scan", "--data", str(data), "--out", str(tmp_path / "outdir"), "--threads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "outdir is a directory; give a file path for the scan output" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["outdir", "rows.jsonl"]

@@ -34,9 +34,11 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from emoreg.models.loading import load_model_and_tokenizer
+    from emoreg.utils.atomic import check_file_target
     from emoreg.vectors.bundle import EmotionVectors
     from emoreg.vectors.scan import read_scan_rows, scan_rows, write_scan
 
+    check_file_target(args.out, "the scan output")
     vectors = EmotionVectors.from_pretrained(args.vectors)
     if args.layer is not None:
         vectors.layer_index(args.layer)

@@ -76,10 +76,25 @@ def atomic_directory(target: str | Path, *, is_ours: Callable[[Path], bool] | No
         shutil.rmtree(old, ignore_errors=True)
 
 
+def check_file_target(target: str | Path, what: str = "the output") -> None:
+    """Refuse an output file path that names a directory, or whose nearest existing parent is not writable
+    (call it before the work that produces the file, so a bad ``--out`` fails at once)."""
+    target = Path(target)
+    if target.is_dir():
+        raise ConfigError(f"{target} is a directory; give a file path for {what} (e.g. {target / 'scores.jsonl'})")
+    existing = target.parent if target.parent != Path("") else Path(".")
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write {what} to {target}: {existing} is not writable")
+
+
 @contextmanager
 def atomic_file(target: str | Path, mode: str = "w", encoding: str | None = "utf-8") -> Iterator:
-    """Open a temporary file that replaces ``target`` when the block succeeds."""
+    """Open a temporary file that replaces ``target`` when the block succeeds (a directory at ``target`` is
+    refused before anything is written)."""
     target = Path(target)
+    check_file_target(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
     os.close(fd)
