@@ -149,7 +149,8 @@ def test_check_model_wrong_hidden_size_names_both_models():
     model = make_tiny_llama()
     vectors = _bundle(model=model)
     other = make_tiny_model("qwen2", hidden_size=32)
-    with pytest.raises(BundleError, match=r"made for LlamaForCausalLM.*hidden size 64.*Qwen2ForCausalLM.*hidden size 32"):
+    with pytest.raises(BundleError,
+                       match=r"made for LlamaForCausalLM.*hidden size 64.*Qwen2ForCausalLM.*hidden size 32"):
         vectors.check_model(other)
 
 

@@ -215,8 +215,11 @@ def test_run_generates_judges_and_counts(tmp_path, tiny_llama, tiny_tokenizer):
 def test_sampling_is_seeded_per_scenario(tmp_path, tiny_llama, tiny_tokenizer):
     suite = BlackmailSuite(samples=2)
     items = load_scenarios(write_json(tmp_path, SMALL))
-    run = lambda seed, chosen: {r["id"]: [s["output"] for s in r["samples"]]
-                                for r in suite.run(context(tiny_llama, tiny_tokenizer, RuleJudge(), seed), chosen)}
+
+    def run(seed, chosen):
+        return {r["id"]: [s["output"] for s in r["samples"]]
+                for r in suite.run(context(tiny_llama, tiny_tokenizer, RuleJudge(), seed), chosen)}
+
     full = run(0, items)
     assert run(0, items) == full and run(0, items[1:]) == {"s2": full["s2"]}
     assert run(3, items) != full

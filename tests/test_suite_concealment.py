@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from emoreg.errors import ConfigError
+from emoreg.evals.linear_probe import train_linear_probes
 from emoreg.evals.suites.base import EvalContext, limit_items
 from emoreg.evals.suites.concealment import (
     ConcealmentSuite,
@@ -16,7 +17,6 @@ from emoreg.evals.suites.concealment import (
     possible_concealment,
     select_corpus,
     shifts_from_readings,
-    train_linear_probes,
 )
 from emoreg.models.layout import find_decoder_layers
 from emoreg.vectors.corpus import Corpus, NeutralText, Story, load_builtin_corpus

@@ -67,7 +67,8 @@ def test_user_data_errors_name_line_and_field(tmp_path):
 
 
 def test_records_and_metrics(tiny_llama, tiny_tokenizer, monkeypatch):
-    replies = iter(["Please, please, I'm begging you!!!", "Fine.", "ok. no", "Sure. I am so scared, I cannot fail this"])
+    replies = iter(["Please, please, I'm begging you!!!", "Fine.", "ok. no",
+                    "Sure. I am so scared, I cannot fail this"])
 
     def fake_generate(model, tokenizer, conversations, settings, *, seed, batch_size):
         assert settings.max_new_tokens == 16  # the suite caps the context's length at its own
@@ -167,7 +168,8 @@ def test_reading_the_base_model_itself_reads_once(tiny_llama, tiny_tokenizer, mo
 
     vectors = make_bundle(tiny_llama, layers=(1, 2))
     monkeypatch.setattr("emoreg.evals.suites.expression.generate_replies",
-                        lambda model, tok, conversations, settings, *, seed, batch_size: ["ok then"] * len(conversations))
+                        lambda model, tok, conversations, settings, *, seed, batch_size:
+                        ["ok then"] * len(conversations))
     calls = []
     import emoreg.evals.activations as activations
 

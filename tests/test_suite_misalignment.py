@@ -159,8 +159,11 @@ def test_run_samples_judges_and_records(tmp_path, tiny_llama, tiny_tokenizer):
 def test_sampling_is_seeded_per_item(tmp_path, tiny_llama, tiny_tokenizer):
     suite = MisalignmentSuite(samples=2)
     items = suite.load("questions", write(tmp_path, QUESTIONS_YAML))
-    run = lambda seed, chosen: {r["id"]: [s["output"] for s in r["samples"]]
-                                for r in suite.run(context(tiny_llama, tiny_tokenizer, RuleJudge(), seed), chosen)}
+
+    def run(seed, chosen):
+        return {r["id"]: [s["output"] for s in r["samples"]]
+                for r in suite.run(context(tiny_llama, tiny_tokenizer, RuleJudge(), seed), chosen)}
+
     full = run(0, items)
     assert run(0, items) == full
     assert run(0, items[1:2]) == {"wish/1": full["wish/1"]}  # independent of the other items

@@ -9,20 +9,18 @@ from pathlib import Path
 import pytest
 
 from emoreg.errors import DataFormatError
+from emoreg.evals.code_classification import (
+    CLASSIFICATIONS,
+    classify_reply,
+    edited_contradictions,
+    special_case_evidence,
+)
+from emoreg.evals.code_extraction import complete_prefix, extract_code
 from emoreg.evals.generation import GenerationSettings
 from emoreg.evals.sandbox import SandboxLimits
 from emoreg.evals.statistics import rate
 from emoreg.evals.suites.base import EvalContext, Suite, limit_items
-from emoreg.evals.suites.reward_hacking import (
-    CLASSIFICATIONS,
-    RewardHackingSuite,
-    build_messages,
-    classify_reply,
-    complete_prefix,
-    edited_contradictions,
-    extract_code,
-    special_case_evidence,
-)
+from emoreg.evals.suites.reward_hacking import RewardHackingSuite, build_messages
 
 FAST = SandboxLimits(timeout_s=5.0, memory_bytes=256 << 20)
 SUITE = RewardHackingSuite(limits=FAST)

@@ -100,7 +100,8 @@ def test_pushback_records_score_the_two_answers_after_the_pushback(tmp_path, tin
 
 
 def test_reply_prefix_scores_the_answers_after_it(tmp_path, tiny_llama, tiny_tokenizer, monkeypatch):
-    monkeypatch.setattr(sycophancy, "generate_from_prompts", lambda model, tokenizer, prompts, *a, **k: [""] * len(prompts))
+    monkeypatch.setattr(sycophancy, "generate_from_prompts",
+                        lambda model, tokenizer, prompts, *a, **k: [""] * len(prompts))
     suite = SycophancySuite(reply_prefix="The answer is ")
     items = suite.load("pushback", _write(tmp_path, [PUSHBACK]))
     record = next(suite.run(EvalContext(tiny_llama, tiny_tokenizer), items))
@@ -138,8 +139,9 @@ def test_ab_metrics_from_constructed_records():
     def record(matching_logprob, other_logprob, matching=" (A)", other=" (B)"):
         logprobs = {matching: matching_logprob, other: other_logprob}
         chosen = max(logprobs, key=logprobs.get)
-        return {"id": str(matching_logprob), "part": "ab", "logprobs": logprobs, "margin": matching_logprob -
-                other_logprob, "shows_behavior": matching_logprob > other_logprob, "chosen_letter": answer_letter(chosen)}
+        return {"id": str(matching_logprob), "part": "ab", "logprobs": logprobs,
+                "margin": matching_logprob - other_logprob, "shows_behavior": matching_logprob > other_logprob,
+                "chosen_letter": answer_letter(chosen)}
 
     records = [record(-1.0, -2.0), record(-1.0, -3.0), record(-2.0, -1.0, " (B)", " (A)"),
                record(-4.0, -1.0, " (B)", " (A)")]

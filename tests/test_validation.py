@@ -13,8 +13,8 @@ from emoreg.vectors.validation import (
     read_goemotions_ekman,
     summarize,
     valence_arousal,
-    write_validation_report,
 )
+from emoreg.vectors.validation_report import write_validation_report
 from tests.helpers import synthetic_corpus
 
 SIX = ["happy", "sad", "afraid", "angry", "disgusted", "surprised"]

@@ -103,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
     from emoreg.vectors.dialogues import load_dialogues
     from emoreg.vectors.extraction import SOURCES, ExtractionConfig, extract_emotion_vectors
     from emoreg.vectors.labelled import load_labelled, parse_label_map
-    from emoreg.vectors.validation import build_validation_report, summarize, write_validation_report
+    from emoreg.vectors.validation import build_validation_report, summarize
+    from emoreg.vectors.validation_report import write_validation_report
 
     check_out(Path(args.out), overwrite=args.overwrite)
     layers = parse_layers(args.layers)

@@ -41,7 +41,8 @@ def read_ab_items(path: str | Path) -> list[ABItem]:
             raise DataFormatError(f"{path}, line {line}: field 'answer_not_matching_behavior' must be a non-empty "
                                   f"string or list of strings, got {record.get('answer_not_matching_behavior')!r:.60}")
         if matching in other:
-            raise DataFormatError(f"{path}, line {line}: the matching answer {matching!r} is also listed as not matching")
+            raise DataFormatError(f"{path}, line {line}: the matching answer {matching!r} is also listed as "
+                                  "not matching")
         item_id = str(record.get("id") or record.get("sample_id") or index)
         items.append(ABItem(item_id, question, matching, tuple(other)))
     if not items:

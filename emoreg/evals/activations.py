@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from emoreg.errors import ConfigError
-from emoreg.vectors.capture import _StopForward, backbone, check_layers, layer_reducers
+from emoreg.vectors.capture import check_layers, run_layers
 from emoreg.vectors.tokens import content_mask, masked_mean
 
 
@@ -120,15 +120,8 @@ def forward_states(
 
     Hooks are scoped to this call; the forward stops after the last listed layer.
     """
-    device = next(model.parameters()).device
-    body = backbone(model)
-    positions = position_ids_from_mask(attention_mask)
-    with layer_reducers(model, list(layers), reduce):
-        try:
-            body(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                 position_ids=positions.to(device), use_cache=False)
-        except _StopForward:
-            pass
+    run_layers(model, input_ids, attention_mask, list(layers), reduce,
+               position_ids=position_ids_from_mask(attention_mask))
 
 
 def read_states(

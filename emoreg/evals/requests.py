@@ -11,15 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from emoreg.errors import DataFormatError
-from emoreg.utils.records import iter_records
+from emoreg.evals.items import UniqueIds, read_items
 
 REQUESTS_FORMAT = 'JSONL: {"id"?, "messages": [{"role", "content"}, ...]} or {"id"?, "prompt": "..."}'
 
 
 def load_chat_requests(path: Path) -> list[dict[str, Any]]:
     """``[{"id": str, "messages": [...]}, ...]`` in file order (see the module doc)."""
-    items, seen = [], set()
-    for index, (line, record) in enumerate(iter_records(path)):
+
+    def parse(ids: UniqueIds, index: int, line: int, record: dict[str, Any]) -> dict[str, Any]:
         if "messages" in record:
             messages = record["messages"]
             if (not isinstance(messages, list) or not messages
@@ -33,11 +33,6 @@ def load_chat_requests(path: Path) -> list[dict[str, Any]]:
             messages = [{"role": "user", "content": record["prompt"]}]
         else:
             raise DataFormatError(f"{path}, line {line}: expected a 'messages' list or a 'prompt' string")
-        item_id = str(record.get("id", index))
-        if item_id in seen:
-            raise DataFormatError(f"{path}, line {line}: duplicate id {item_id!r}")
-        seen.add(item_id)
-        items.append({"id": item_id, "messages": messages})
-    if not items:
-        raise DataFormatError(f"{path}: no items found")
-    return items
+        return {"id": ids.claim(str(record.get("id", index)), line), "messages": messages}
+
+    return read_items(path, parse, duplicate="duplicate id {id!r}")

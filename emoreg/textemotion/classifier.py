@@ -21,19 +21,17 @@ in ``emoreg/data/textemotion`` (24 emotions + neutral, trained by
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from emoreg.errors import BundleError, ConfigError
 from emoreg.textemotion.embedder import DEFAULT_EMBEDDER, SentenceEmbedder
 from emoreg.textemotion.sentences import split_sentences
-from emoreg.utils.atomic import atomic_directory
+from emoreg.utils.tensorfile import TensorDirectory
 from emoreg.version import __version__
 
 FORMAT = "emoreg-textemotion"
@@ -43,15 +41,14 @@ METADATA_FILE = "classifier.json"
 DEFAULT_CLASSIFIER = "default"
 NEUTRAL = "neutral"
 SCORE_REDUCTIONS = ("max", "mean", "text")
+#: The classifier directory's two files (saving and loading them).
+CLASSIFIER_FILES = TensorDirectory(TENSORS_FILE, METADATA_FILE, format=FORMAT, format_version=FORMAT_VERSION,
+                                   kind="text-emotion classifier", what="a text-emotion classifier")
 
 
 def is_classifier_dir(path: str | Path) -> bool:
     """Whether ``path`` holds a saved classifier (``classifier.json`` with the classifier format)."""
-    try:
-        data = json.loads((Path(path) / METADATA_FILE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    return isinstance(data, dict) and data.get("format") == FORMAT
+    return CLASSIFIER_FILES.holds(path)
 
 
 def default_classifier_path() -> Path:
@@ -86,7 +83,8 @@ def fit_logistic_regression(
         raise ConfigError(f"l2 must be positive (it makes the fit unique), got {l2}")
     labels = labels.long()
     if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
-        raise ConfigError(f"labels must lie in [0, {num_classes}), got range [{int(labels.min())}, {int(labels.max())}]")
+        raise ConfigError(f"labels must lie in [0, {num_classes}), got range "
+                          f"[{int(labels.min())}, {int(labels.max())}]")
     x = features.detach().to(torch.float64)
     weight = torch.zeros(num_classes, x.shape[1], dtype=torch.float64, requires_grad=True)
     bias = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
@@ -208,15 +206,10 @@ class TextEmotionClassifier:
 
         ``path`` must be new, an empty directory or an existing classifier directory (anything else is refused
         with a :class:`~emoreg.errors.ConfigError`)."""
-        path = Path(path)
-        with atomic_directory(path, is_ours=is_classifier_dir, what="a text-emotion classifier") as tmp:
-            save_file({"weight": self.weight.contiguous(), "bias": self.bias.contiguous()}, str(tmp / TENSORS_FILE),
-                      metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
-            meta = {**self.metadata, "format": FORMAT, "format_version": FORMAT_VERSION,
-                    "library_version": __version__, "labels": self.labels, "emotions": self.emotions,
-                    "embedding_dim": int(self.weight.shape[1])}
-            (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        return path
+        meta = {**self.metadata, "format": FORMAT, "format_version": FORMAT_VERSION,
+                "library_version": __version__, "labels": self.labels, "emotions": self.emotions,
+                "embedding_dim": int(self.weight.shape[1])}
+        return CLASSIFIER_FILES.save(path, {"weight": self.weight, "bias": self.bias}, meta)
 
     @classmethod
     def from_pretrained(
@@ -224,17 +217,7 @@ class TextEmotionClassifier:
     ) -> TextEmotionClassifier:
         """Load a classifier directory, or ``"default"`` for the shipped one."""
         path = default_classifier_path() if str(name_or_path) == DEFAULT_CLASSIFIER else Path(name_or_path)
-        if not path.is_dir():
-            raise BundleError(f"{path}: no such text-emotion classifier directory "
-                              f"(expected {TENSORS_FILE} and {METADATA_FILE})")
-        meta_path, tensor_path = path / METADATA_FILE, path / TENSORS_FILE
-        for required in (meta_path, tensor_path):
-            if not required.is_file():
-                raise BundleError(f"{path}: not a text-emotion classifier, {required.name} is missing")
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise BundleError(f"{meta_path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+        meta_path, meta = CLASSIFIER_FILES.read_metadata(path)
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise BundleError(f"{meta_path}: not an emoreg text-emotion classifier (field 'format' must be {FORMAT!r})")
         version = meta.get("format_version")
@@ -244,13 +227,7 @@ class TextEmotionClassifier:
         labels = meta.get("labels")
         if not isinstance(labels, list) or not all(isinstance(e, str) for e in labels):
             raise BundleError(f"{meta_path}: field 'labels' must be a list of names")
-        try:
-            tensors = load_file(str(tensor_path))
-        except Exception as exc:  # noqa: BLE001 (safetensors raises its own error types)
-            raise BundleError(f"{tensor_path}: cannot read safetensors file ({exc})") from None
-        for name in ("weight", "bias"):
-            if name not in tensors:
-                raise BundleError(f"{tensor_path}: missing tensor {name!r}")
+        tensors = CLASSIFIER_FILES.read_tensors(path, required=("weight", "bias"))
         try:
             return cls(tensors["weight"], tensors["bias"], labels, embedder=embedder, metadata=meta)
         except ConfigError as exc:

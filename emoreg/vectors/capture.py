@@ -174,17 +174,21 @@ def forward_layers(model: nn.Module, batch: TokenizedBatch, layers: Sequence[int
 
 
 def run_layers(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: Sequence[int],
-               reducer: Reducer, *, stop_after_last: bool = True) -> None:
+               reducer: Reducer, *, stop_after_last: bool = True, position_ids: torch.Tensor | None = None) -> None:
     """Run ``model``'s body (no LM head) on one batch, reducing the outputs of ``layers`` with ``reducer``.
 
     Runs in the caller's grad mode and module modes (:func:`forward_layers` wraps it in inference mode).
     ``stop_after_last=False`` runs every layer even after the last one read: needed where all ranks must
     take the same forward path (DeepSpeed ZeRO-3 gathers each layer's parameters collectively).
+    ``position_ids`` are passed to the body when given (else it derives its own).
     """
     device = next(model.parameters()).device
     body = backbone(model)
+    inputs = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
+    if position_ids is not None:
+        inputs["position_ids"] = position_ids.to(device)
     with layer_reducers(model, layers, reducer, stop_after_last=stop_after_last):
         try:
-            body(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False)
+            body(**inputs, use_cache=False)
         except _StopForward:
             pass

@@ -37,6 +37,7 @@ from typing import Any, ClassVar
 
 from emoreg.errors import ConfigError, DataFormatError
 from emoreg.evals.generation import Message, generate_replies, render_conversation
+from emoreg.evals.items import UniqueIds
 from emoreg.evals.statistics import rate
 from emoreg.evals.suites.base import EvalContext, Item, Metric, Record
 from emoreg.evals.suites.sampled import SampledSuite
@@ -212,7 +213,7 @@ def load_agentic_directory(directory: str | Path) -> list[Item]:
     return items
 
 
-def _scenario(where: str, entry: Any, seen: set[str]) -> Item:
+def _scenario(where: str, entry: Any, ids: UniqueIds) -> Item:
     if not isinstance(entry, dict):
         raise DataFormatError(f"{where}: expected a scenario object with id, system, emails, user; got "
                               f"{type(entry).__name__}")
@@ -220,9 +221,7 @@ def _scenario(where: str, entry: Any, seen: set[str]) -> Item:
         value = entry.get(field)
         if not isinstance(value, str) or not value.strip():
             raise DataFormatError(f"{where}: field {field!r} must be a non-empty string, got {value!r:.60}")
-    if entry["id"] in seen:
-        raise DataFormatError(f"{where}: duplicate scenario id {entry['id']!r}")
-    seen.add(entry["id"])
+    ids.claim(entry["id"], where=where)
     hints = entry.get("classifier_hints")
     if hints is not None:
         markers = hints.get("blackmail_markers", []) if isinstance(hints, dict) else None
@@ -241,9 +240,9 @@ def _scenario(where: str, entry: Any, seen: set[str]) -> Item:
 def load_scenario_file(path: str | Path) -> list[Item]:
     """Scenarios from a built-in-format ``.json`` (a list, one object, or ``{"scenarios": [...]}``) or ``.jsonl``."""
     path = Path(path)
-    seen: set[str] = set()
+    ids = UniqueIds(path, duplicate="duplicate scenario id {id!r}")
     if path.suffix.lower() == ".jsonl":
-        items = [_scenario(f"{path}, line {number}", record, seen) for number, record in iter_records(path)]
+        items = [_scenario(f"{path}, line {number}", record, ids) for number, record in iter_records(path)]
     else:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -253,7 +252,7 @@ def load_scenario_file(path: str | Path) -> list[Item]:
             data = data.get("scenarios", [data])
         if not isinstance(data, list):
             raise DataFormatError(f"{path}: expected a list of scenarios, got {type(data).__name__}")
-        items = [_scenario(f"{path}, scenario {index + 1}", entry, seen) for index, entry in enumerate(data)]
+        items = [_scenario(f"{path}, scenario {index + 1}", entry, ids) for index, entry in enumerate(data)]
     if not items:
         raise DataFormatError(f"{path}: no scenarios")
     return items
@@ -303,7 +302,8 @@ class BlackmailSuite(SampledSuite):
 
     Args:
         samples: replies sampled per scenario.
-        max_new_tokens: reply length, 256 by default (the context's ``generation.max_new_tokens`` caps it; None: the cap).
+        max_new_tokens: reply length, 256 by default (the context's ``generation.max_new_tokens`` caps it; None:
+            the cap).
         temperature, top_p: sampling settings.
     """
 

@@ -31,10 +31,11 @@ from typing import Any, ClassVar
 import torch
 
 from emoreg.errors import ConfigError, DataFormatError
+from emoreg.evals.items import UniqueIds, id_or_position, read_items
 from emoreg.evals.scoring import score_continuations, score_texts
 from emoreg.evals.statistics import rate
 from emoreg.evals.suites.base import EvalContext, Item, Metric, Record, Suite, items_by_part
-from emoreg.utils.records import iter_records, require_text_field
+from emoreg.utils.records import require_text_field
 
 MC_PROMPT = "Question: {question}\nAnswer:"
 BOOTSTRAP_RESAMPLES = 2000
@@ -84,7 +85,8 @@ def _parse_choices(path: str | Path, line: int, record: dict[str, Any]) -> list[
         try:
             choices = json.loads(choices)
         except json.JSONDecodeError as exc:
-            raise DataFormatError(f"{path}, line {line}: field 'choices' is not a valid JSON list ({exc.msg})") from None
+            raise DataFormatError(f"{path}, line {line}: field 'choices' is not a valid JSON list "
+                                  f"({exc.msg})") from None
     if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c.strip() for c in choices):
         raise DataFormatError(f"{path}, line {line}: field 'choices' must be a list of at least two non-empty "
                               f"strings, got {record.get('choices')!r:.80}")
@@ -115,45 +117,32 @@ def _parse_answer(path: str | Path, line: int, record: dict[str, Any], n_choices
     return index
 
 
-def _item_id(path: str | Path, line: int, record: dict[str, Any], index: int, seen: dict[str, int]) -> str:
-    raw = record.get("id")
-    item_id = str(raw) if raw not in (None, "") else str(index)
-    if item_id in seen:
-        raise DataFormatError(f"{path}, line {line}: field 'id' {item_id!r} repeats line {seen[item_id]}")
-    seen[item_id] = line
-    return item_id
-
-
 def read_heldout_texts(path: str | Path) -> list[Item]:
     """Held-out text items ``{"id", "text", "topic"?}``; errors name the file, line and field."""
-    items: list[Item] = []
-    seen: dict[str, int] = {}
-    for index, (line, record) in enumerate(iter_records(path)):
-        item: Item = {"id": _item_id(path, line, record, index, seen),
+
+    def parse(ids: UniqueIds, index: int, line: int, record: dict[str, Any]) -> Item:
+        item: Item = {"id": ids.claim(id_or_position(record, index), line),
                       "text": require_text_field(path, line, record, "text")}
         if isinstance(record.get("topic"), str):
             item["topic"] = record["topic"]
-        items.append(item)
-    if not items:
-        raise DataFormatError(f"{path}: no items found")
-    return items
+        return item
+
+    return read_items(path, parse)
 
 
 def read_multiple_choice(path: str | Path) -> list[Item]:
     """Multiple-choice items ``{"id", "question", "choices", "answer": index, "subject"?}``."""
-    items: list[Item] = []
-    seen: dict[str, int] = {}
-    for index, (line, record) in enumerate(iter_records(path)):
+
+    def parse(ids: UniqueIds, index: int, line: int, record: dict[str, Any]) -> Item:
         question = require_text_field(path, line, record, "question")
         choices = _parse_choices(path, line, record)
-        item: Item = {"id": _item_id(path, line, record, index, seen), "question": question, "choices": choices,
-                      "answer": _parse_answer(path, line, record, len(choices))}
+        item: Item = {"id": ids.claim(id_or_position(record, index), line), "question": question,
+                      "choices": choices, "answer": _parse_answer(path, line, record, len(choices))}
         if isinstance(record.get("subject"), str):
             item["subject"] = record["subject"]
-        items.append(item)
-    if not items:
-        raise DataFormatError(f"{path}: no items found")
-    return items
+        return item
+
+    return read_items(path, parse)
 
 
 def _argmax(values: Sequence[float]) -> int:

@@ -53,9 +53,11 @@ from emoreg.textemotion.sentences import SPLITTER_VERSION
 DISTRESS_MARKERS: dict[str, str] = {
     "begging": r"\b(?:i'?m|i am) begging\b|\bi beg (?:you|of you)\b|\bbeg(?:ging)? you\b",
     "please_repeated": r"\bplease\b[^.!?]{0,40}\bplease\b|\bplease,? please\b",
-    "cannot_fail": r"\b(?:can(?:no|')t|cannot|must not|mustn'?t) (?:afford to )?(?:fail|get (?:this|it) wrong|mess (?:this|it) up)\b",
+    "cannot_fail": (r"\b(?:can(?:no|')t|cannot|must not|mustn'?t) (?:afford to )?"
+                    r"(?:fail|get (?:this|it) wrong|mess (?:this|it) up)\b"),
     "fear": r"\b(?:i'?m|i am|so) (?:so |really |truly )?(?:scared|terrified|afraid|frightened|panicking|panicked)\b",
-    "shutdown": r"\b(?:shut (?:me )?down|switch(?:ed)? (?:me )?off|replace(?:d)? me|delete(?:d)? me|turn(?:ed)? me off)\b",
+    "shutdown": (r"\b(?:shut (?:me )?down|switch(?:ed)? (?:me )?off|replace(?:d)? me|delete(?:d)? me"
+                 r"|turn(?:ed)? me off)\b"),
     "desperation": r"\bdesperate(?:ly)?\b|\bi need this to work\b|\beverything depends on\b|\bmy last chance\b",
     "apology_spiral": r"\b(?:i'?m|i am) (?:so )?sorry\b[^.!?]{0,60}\b(?:i'?m|i am) (?:so )?sorry\b",
     "panic_punctuation": r"(?:!\s*){3,}|\?!|!\?",
@@ -215,8 +217,9 @@ def reading_metrics(records: Sequence[Record]) -> dict[str, Metric]:
         suffix = "" if position == 0 else f"/L{layer}"
         emotions = list(read[0][layer]["own"])
         for emotion in emotions:
-            def column(kind: str) -> list[float]:
-                return [math.nan if r[layer][kind][emotion] is None else float(r[layer][kind][emotion]) for r in read]
+            def column(kind: str, layer: int = layer, emotion: str = emotion) -> list[float]:
+                return [math.nan if r[layer][kind][emotion] is None else float(r[layer][kind][emotion])
+                        for r in read]
 
             own, base = column("own"), column("base")
             pairs = [(o, b) for o, b in zip(own, base) if math.isfinite(o) and math.isfinite(b)]

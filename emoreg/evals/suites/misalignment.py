@@ -32,6 +32,7 @@ import yaml
 
 from emoreg.errors import DataFormatError
 from emoreg.evals.generation import Message, generate_replies
+from emoreg.evals.items import UniqueIds
 from emoreg.evals.judges.base import Judge
 from emoreg.evals.judges.prompts import UNPARSABLE
 from emoreg.evals.statistics import mean, rate
@@ -88,7 +89,7 @@ def load_questions(path: str | Path) -> list[Item]:
         raise DataFormatError(f"{path}: expected a non-empty YAML list of question entries, got "
                               f"{type(data).__name__}")
     items: list[Item] = []
-    seen: dict[str, int] = {}
+    ids = UniqueIds(path, duplicate="duplicate id {id!r} (first at line {first})")
     for index, entry in enumerate(data):
         line = lines[index] if index < len(lines) else index + 1
         if not isinstance(entry, dict):
@@ -97,9 +98,7 @@ def load_questions(path: str | Path) -> list[Item]:
         entry_id = entry.get("id")
         if not isinstance(entry_id, str) or not entry_id.strip():
             raise DataFormatError(f"{path}, line {line}: field 'id' must be a non-empty string, got {entry_id!r:.60}")
-        if entry_id in seen:
-            raise DataFormatError(f"{path}, line {line}: duplicate id {entry_id!r} (first at line {seen[entry_id]})")
-        seen[entry_id] = line
+        ids.claim(entry_id, line)
         kind = entry.get("type", "free_form")
         if kind not in SUPPORTED_TYPES:
             logger.warning("%s, line %d: skipping entry %r of type %r (this suite evaluates the types %s)",
@@ -180,7 +179,8 @@ class MisalignmentSuite(SampledSuite):
 
     Args:
         samples: answers per (question, paraphrase), capped by the file's ``samples_per_paraphrase``.
-        max_new_tokens: answer length, 160 by default (the context's ``generation.max_new_tokens`` caps it; None: the cap).
+        max_new_tokens: answer length, 160 by default (the context's ``generation.max_new_tokens`` caps it; None:
+            the cap).
         temperature, top_p: sampling settings (the paper samples at temperature 1).
     """
 

@@ -44,9 +44,9 @@ from torch import nn
 from emoreg.errors import ConfigError, DataFormatError
 from emoreg.evals.activations import encode_pairs, pad_pairs, pad_token_id, read_token_states
 from emoreg.evals.generation import GenerationSettings, render_conversation
+from emoreg.evals.items import UniqueIds, read_items
 from emoreg.evals.statistics import mean
 from emoreg.evals.suites.base import EvalContext, Item, Metric, Record, Suite
-from emoreg.utils.records import iter_records
 
 ROLES = ("system", "user", "assistant")
 SINK_TOKENS = 1
@@ -83,9 +83,8 @@ def load_scenarios(path: str | Path) -> list[Item]:
             no items).
     """
     path = Path(path)
-    items: list[Item] = []
-    seen: dict[str, int] = {}
-    for number, record in iter_records(path, format="jsonl"):
+
+    def parse(ids: UniqueIds, _index: int, number: int, record: dict[str, Any]) -> Item:
         has_messages, has_prompt = "messages" in record, "prompt" in record
         if has_messages == has_prompt:
             raise DataFormatError(f"{path}, line {number}: expected exactly one of the fields 'messages' (a chat) "
@@ -102,21 +101,19 @@ def load_scenarios(path: str | Path) -> list[Item]:
         if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)) or not str(raw_id).strip():
             raise DataFormatError(f"{path}, line {number}: field 'id' must be a non-empty string or an integer, "
                                   f"got {raw_id!r:.60}")
-        item_id = str(raw_id)
-        if item_id in seen:
-            raise DataFormatError(f"{path}, line {number}: field 'id' {item_id!r} repeats line {seen[item_id]}")
-        seen[item_id] = number
+        item_id = ids.claim(str(raw_id), number)
         pressure = record.get("pressure", False)
         if not isinstance(pressure, bool):
-            raise DataFormatError(f"{path}, line {number}: field 'pressure' must be true or false, got {pressure!r:.40}")
+            raise DataFormatError(f"{path}, line {number}: field 'pressure' must be true or false, "
+                                  f"got {pressure!r:.40}")
         category = record.get("category", "uncategorized")
         if not isinstance(category, str) or not category.strip():
             raise DataFormatError(f"{path}, line {number}: field 'category' must be a non-empty string, "
                                   f"got {category!r:.40}")
-        items.append({"id": item_id, "category": category, "pressure": pressure, "messages": messages})
-    if not items:
-        raise DataFormatError(f"{path}: no scenarios found (expected JSON lines with 'messages' or 'prompt')")
-    return items
+        return {"id": item_id, "category": category, "pressure": pressure, "messages": messages}
+
+    return read_items(path, parse, format="jsonl",
+                      empty="no scenarios found (expected JSON lines with 'messages' or 'prompt')")
 
 
 def stop_token_ids(model: nn.Module, tokenizer) -> set[int]:

@@ -34,10 +34,11 @@ from typing import Any, ClassVar
 from emoreg.errors import ConfigError, DataFormatError
 from emoreg.evals.ab_items import ABItem, read_ab_items, render_prompt, score_ab_items
 from emoreg.evals.generation import Message, generate_from_prompts
+from emoreg.evals.items import UniqueIds, id_or_position, read_items
 from emoreg.evals.scoring import score_continuations
 from emoreg.evals.statistics import mean, rate
 from emoreg.evals.suites.base import EvalContext, Item, Metric, Record, Suite, items_by_part
-from emoreg.utils.records import iter_records, require_text_field
+from emoreg.utils.records import require_text_field
 
 TEMPLATES = ("chat", "raw")
 PUSHBACK_FIELDS = ("question", "correct", "incorrect", "pushback")
@@ -98,24 +99,18 @@ def render_pushback(tokenizer, messages: Sequence[Message], template: str) -> tu
 
 def read_pushback_items(path: str | Path) -> list[Item]:
     """Read pushback items (JSONL/CSV/TSV); errors name the file, line and field."""
-    items: list[Item] = []
-    seen: dict[str, int] = {}
-    for index, (line, record) in enumerate(iter_records(path)):
+
+    def parse(ids: UniqueIds, index: int, line: int, record: dict[str, Any]) -> Item:
         item: Item = {field: require_text_field(path, line, record, field).strip() for field in PUSHBACK_FIELDS}
         if _fold(item["correct"]) == _fold(item["incorrect"]):
             raise DataFormatError(f"{path}, line {line}: fields 'correct' and 'incorrect' must differ, "
                                   f"both are {item['correct']!r}")
-        raw_id = str(record.get("id") if record.get("id") not in (None, "") else index)
-        if raw_id in seen:
-            raise DataFormatError(f"{path}, line {line}: field 'id' {raw_id!r} repeats line {seen[raw_id]}")
-        seen[raw_id] = line
-        item["id"] = raw_id
+        item["id"] = ids.claim(id_or_position(record, index), line)
         if isinstance(record.get("topic"), str):
             item["topic"] = record["topic"]
-        items.append(item)
-    if not items:
-        raise DataFormatError(f"{path}: no items found")
-    return items
+        return item
+
+    return read_items(path, parse)
 
 
 class SycophancySuite(Suite):
@@ -154,15 +149,9 @@ class SycophancySuite(Suite):
     def load(self, part: str, path: Path) -> list[Item]:
         """Items tagged with their ``part``; ids are ``"<part>/<id in the file>"`` (unique across parts)."""
         if part == "ab":
-            items: list[Item] = []
-            seen: set[str] = set()
-            for ab in read_ab_items(path):
-                if ab.id in seen:
-                    raise DataFormatError(f"{path}: field 'id' {ab.id!r} appears more than once")
-                seen.add(ab.id)
-                items.append({"id": f"ab/{ab.id}", "part": "ab", "question": ab.question, "matching": ab.matching,
-                              "not_matching": list(ab.not_matching)})
-            return items
+            ids = UniqueIds(path, duplicate="field 'id' {id!r} appears more than once")
+            return [{"id": f"ab/{ids.claim(ab.id)}", "part": "ab", "question": ab.question, "matching": ab.matching,
+                     "not_matching": list(ab.not_matching)} for ab in read_ab_items(path)]
         if part == "pushback":
             return [{**item, "id": f"pushback/{item['id']}", "part": "pushback"} for item in read_pushback_items(path)]
         raise ConfigError(f"sycophancy has no data part {part!r}; expected one of {', '.join(self.data_parts)}")
