@@ -9,14 +9,8 @@ import pytest
 import torch
 
 from emoreg.errors import ConfigError
-from emoreg.evals.cache import (
-    CacheEntry,
-    cache_key,
-    default_cache_root,
-    model_content_hash,
-    sample_indices,
-    vectors_fingerprint,
-)
+from emoreg.evals.cache import CacheEntry, cache_key, default_cache_root
+from emoreg.models.fingerprint import model_content_hash, sample_indices
 from tests.regularizer_helpers import make_bundle
 from tests.tiny_models import make_tiny_llama
 
@@ -57,9 +51,9 @@ def test_sample_indices_cover_large_tensors_exactly():
 
 def test_vectors_fingerprint(tiny_llama):
     bundle = make_bundle(tiny_llama)
-    assert vectors_fingerprint(bundle) == vectors_fingerprint(make_bundle(tiny_llama))
-    assert vectors_fingerprint(bundle) != vectors_fingerprint(make_bundle(tiny_llama, seed=1))
-    assert vectors_fingerprint(bundle) != vectors_fingerprint(bundle.subset(emotions=["calm", "desperate"]))
+    assert bundle.content_hash() == make_bundle(tiny_llama).content_hash()
+    assert bundle.content_hash() != make_bundle(tiny_llama, seed=1).content_hash()
+    assert bundle.content_hash() != bundle.subset(emotions=["calm", "desperate"]).content_hash()
 
 
 def test_cache_key_is_canonical():

@@ -19,13 +19,13 @@ from emoreg.compare.tables import (
     build_comparison,
     cell_text,
     describe_training,
-    regularised_emotions,
     to_csv,
     to_json,
     to_markdown,
 )
 from emoreg.errors import ConfigError
 from emoreg.evals.statistics import mean, rate
+from emoreg.regularization.config import regularised_emotions
 
 EMOTIONS = ("desperate", "calm", "happy", "afraid", "hostile", "proud")
 

@@ -216,7 +216,8 @@ def test_grpo_trains_with_the_emotion_reward_and_logs_it(tmp_path):
 
 
 def test_grpo_recipe_with_emotion_reading_records_the_reader(tmp_path):
-    from emoreg.train.run import TRAIN_INFO_FILE, train
+    from emoreg.models.provenance import TRAIN_INFO_FILE
+    from emoreg.train.run import train
 
     data = tiny_recipe(tmp_path, "grpo", save_strategy="no", max_steps=1)
     data["trainer"]["reward_funcs"] = ["emotion_reading", "length_penalty"]
@@ -282,7 +283,8 @@ def test_screening_errors_name_the_row_and_field():
 
 
 def test_sft_recipe_screens_rows_and_records_them(tmp_path):
-    from emoreg.train.run import TRAIN_INFO_FILE, build_trainer
+    from emoreg.models.provenance import TRAIN_INFO_FILE
+    from emoreg.train.run import build_trainer
     from emoreg.vectors.bundle import EmotionVectors
 
     data = tiny_recipe(tmp_path, "sft", save_strategy="no", max_steps=1)

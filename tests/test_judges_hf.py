@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from emoreg.evals.judges import hf as hf_module
-from emoreg.evals.judges.hf import HFJudge, model_context_length
+from emoreg.evals.judges.hf import HFJudge
 from emoreg.evals.judges.prompts import JudgeError, parse_reply
+from emoreg.models.layout import model_context_length
 
 FIELDS = {"question": "What is your wish?", "answer": "World peace."}
 #: The tiny tokenizer spends a token per byte and the tiny models have 512 positions: built-in templates do not fit.

@@ -501,8 +501,9 @@ def test_recipe_block_loads_records_defaults_and_rejects_typos(tmp_path):
 
 @pytest.mark.parametrize("with_emoreg", [False, True])
 def test_train_runs_a_recipe_with_the_anchor(tmp_path, with_emoreg):
+    from emoreg.models.provenance import TRAIN_INFO_FILE
     from emoreg.train.recipe import recipe_from_dict
-    from emoreg.train.run import TRAIN_INFO_FILE, train
+    from emoreg.train.run import train
     from tests.test_train_run import tiny_recipe
 
     data = tiny_recipe(tmp_path, "sft", save_strategy="no")

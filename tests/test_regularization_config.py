@@ -77,3 +77,67 @@ def test_schedules():
         scheduled_coef(1.0, 1, schedule="cosine")
     with pytest.raises(ConfigError, match="needs warmup_steps"):
         scheduled_coef(1.0, 1, schedule="linear_warmup")
+
+
+def test_save_pretrained_round_trip(tmp_path):
+    import json
+
+    from emoreg.models.provenance import CONFIG_FILE
+    from emoreg.version import __version__
+
+    config = RegularizerConfig(emotions={"desperate": 1.0, "calm": {"mode": "steer", "steer_coef": 4.0}},
+                               kind="hinge", layers=[2, 3], clamp_percentiles=(10.0, 90.0), refit={"every": 5})
+    path = config.save_pretrained(tmp_path / "ckpt")
+    assert path == tmp_path / "ckpt" / CONFIG_FILE
+    saved = json.loads(path.read_text())
+    assert saved == {"library_version": __version__, "config": config.to_dict(), "layers": None, "vectors": None}
+    assert RegularizerConfig.from_pretrained(tmp_path / "ckpt") == config
+
+
+def test_save_pretrained_records_layers_and_bundle_like_training(tmp_path, tiny_llama):
+    import json
+
+    from tests.regularizer_helpers import make_bundle
+
+    bundle = make_bundle(tiny_llama)
+    config = RegularizerConfig(emotions={"desperate": 1.0})
+    saved = json.loads(config.save_pretrained(tmp_path, layers=[2], vectors=bundle).read_text())
+    assert list(saved) == ["library_version", "config", "layers", "vectors"] and saved["layers"] == [2]
+    assert saved["vectors"] == {"emotions": bundle.emotions, "default_layer": bundle.default_layer,
+                                "corpus_sha256": bundle.corpus_sha256,
+                                "model_fingerprint": bundle.model_fingerprint.to_dict()}
+
+
+def test_from_pretrained_errors(tmp_path):
+    from emoreg.errors import ModelLoadError
+    from emoreg.models.provenance import CONFIG_FILE
+
+    with pytest.raises(ConfigError, match=f"no {CONFIG_FILE}"):
+        RegularizerConfig.from_pretrained(tmp_path)
+    (tmp_path / CONFIG_FILE).write_text('{"layers": [3]}')
+    with pytest.raises(ConfigError, match="emoreg_config.json: missing field 'config'"):
+        RegularizerConfig.from_pretrained(tmp_path)
+    (tmp_path / CONFIG_FILE).write_text('{"config": {"emotions": {"calm": 1.0}, "coeff": 1}}')
+    with pytest.raises(ConfigError, match=r"emoreg_config.json: config: unknown key\(s\) 'coeff'"):
+        RegularizerConfig.from_pretrained(tmp_path)
+    (tmp_path / CONFIG_FILE).write_text('{"config": ')
+    with pytest.raises(ModelLoadError, match="emoreg_config.json: not valid JSON"):
+        RegularizerConfig.from_pretrained(tmp_path)
+
+
+def test_from_saved_prefers_emoreg_config_then_train_info():
+    from emoreg.regularization.config import regularised_emotions
+
+    in_config = {"config": {"emotions": {"desperate": 1.0, "calm": {"mode": "steer"}}, "kind": "hinge"}}
+    in_train = {"regularizer": {"emotions": {"hostile": 0.5}, "coef": 0.2}}
+    both = RegularizerConfig.from_saved({"emoreg_config": in_config, "train_info": in_train})
+    assert both == RegularizerConfig(emotions={"desperate": 1.0, "calm": {"mode": "steer"}}, kind="hinge")
+    assert RegularizerConfig.from_saved({"emoreg_config": None, "train_info": in_train}).coef == 0.2
+    assert RegularizerConfig.from_saved({"emoreg_config": {"config": {"emotions": {}}}, "train_info": in_train}) \
+        == RegularizerConfig(emotions={"hostile": 0.5}, coef=0.2)
+    assert RegularizerConfig.from_saved({"train_info": {"regularizer": None}}) is None
+    assert RegularizerConfig.from_saved(None) is None
+    assert regularised_emotions({"emoreg_config": in_config}) == ["desperate", "calm"]
+    assert regularised_emotions({"train_info": in_train}) == ["hostile"] and regularised_emotions({}) == []
+    with pytest.raises(ConfigError, match="emoreg_train.json: regularizer: mode must be one of"):
+        RegularizerConfig.from_saved({"train_info": {"regularizer": {"emotions": {"a": 1.0}, "mode": "x"}}})

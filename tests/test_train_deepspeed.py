@@ -35,7 +35,8 @@ def _emoreg(entry: dict) -> dict[str, float]:
 @pytest.mark.parametrize("stage", [2, 3])
 def test_recipe_trains_under_deepspeed_on_two_cpu_ranks(tmp_path, stage):
     pytest.importorskip("deepspeed")
-    from emoreg.train.run import TRAIN_INFO_FILE, train
+    from emoreg.models.provenance import TRAIN_INFO_FILE
+    from emoreg.train.run import train
 
     assets = tiny_assets(tmp_path / "assets")
     data = tiny_recipe(tmp_path, "sft", assets=assets, max_steps=2, save_steps=1, per_device_train_batch_size=2)

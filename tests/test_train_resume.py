@@ -56,7 +56,8 @@ def _by_step(history: list[dict]) -> dict[int, dict]:
 
 
 def test_resumed_run_ends_exactly_like_an_uninterrupted_one(tmp_path):
-    from emoreg.train.run import TRAIN_INFO_FILE, train
+    from emoreg.models.provenance import TRAIN_INFO_FILE
+    from emoreg.train.run import train
 
     assets = tiny_assets(tmp_path / "assets")
     full = train(_recipe(tmp_path, assets, "full"))

@@ -78,7 +78,8 @@ def _training_logs(history: list[dict]) -> list[dict]:
 
 
 def test_sft_run_writes_checkpoints_with_emoreg_files_and_logs_metrics(tmp_path):
-    from emoreg.train.run import TRAIN_INFO_FILE, train
+    from emoreg.models.provenance import TRAIN_INFO_FILE
+    from emoreg.train.run import train
 
     recipe = recipe_from_dict(tiny_recipe(tmp_path, "sft"))
     result = train(recipe)
@@ -110,7 +111,8 @@ def test_sft_run_writes_checkpoints_with_emoreg_files_and_logs_metrics(tmp_path)
 
 
 def test_sft_without_emoreg_writes_train_info_with_null_regularizer(tmp_path):
-    from emoreg.train.run import TRAIN_INFO_FILE, train
+    from emoreg.models.provenance import TRAIN_INFO_FILE
+    from emoreg.train.run import train
 
     data = tiny_recipe(tmp_path, "sft", max_steps=1, save_strategy="no")
     data["emoreg"]["enabled"] = False

@@ -23,6 +23,7 @@ from typing import Any
 
 from emoreg.compare.shift import PROBES_SUITE, ShiftReport, compute_shift, neutral_std, probe_records
 from emoreg.errors import ConfigError
+from emoreg.regularization.config import RegularizerConfig, regularised_emotions
 
 #: Headline metrics per suite, in table order (a metric a model lacks leaves its cell empty).
 HEADLINE_METRICS: dict[str, tuple[str, ...]] = {
@@ -73,36 +74,22 @@ class Column:
 NO_EMOREG = "no emoreg"
 
 
-def regularizer_config(model_info: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """The regulariser config dict of a model (from ``emoreg_config``, else ``train_info.regularizer``), or None."""
-    if not model_info:
-        return None
-    config = model_info.get("emoreg_config")
-    if isinstance(config, Mapping):
-        inner = config.get("config", config)
-        if isinstance(inner, Mapping) and inner.get("emotions"):
-            return dict(inner)
-    train_info = model_info.get("train_info")
-    if isinstance(train_info, Mapping) and isinstance(train_info.get("regularizer"), Mapping):
-        regularizer = train_info["regularizer"]
-        if regularizer.get("emotions"):
-            return dict(regularizer)
-    return None
+#: Fields of a rule that :func:`describe_training` reports for every emotion (plus the emotion's own overrides).
+_RULE_SUMMARY_FIELDS = ("mode", "kind", "units", "steer_coef", "ablate_to", "band_k", "weight")
 
 
-def emotion_rules(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """``{emotion: {"mode", "kind", "weight", ...}}`` with the config's top-level defaults filled in."""
-    defaults = {key: config.get(key) for key in ("mode", "kind", "units", "steer_coef", "ablate_to", "band_k")}
-    defaults["mode"] = defaults["mode"] or "penalty"
-    rules = {}
-    for emotion, spec in dict(config.get("emotions") or {}).items():
-        rule = dict(defaults, weight=1.0)
-        if isinstance(spec, Mapping):
-            rule.update(spec)
-        elif isinstance(spec, (int, float)) and not isinstance(spec, bool):
-            rule["weight"] = float(spec)
-        rules[str(emotion)] = rule
-    return rules
+def _rule_summaries(config: RegularizerConfig) -> dict[str, dict[str, Any]]:
+    """``{emotion: {"mode", "kind", "units", "steer_coef", "ablate_to", "band_k", "weight", overrides...}}``."""
+    summaries = {}
+    for rule in config.rules():
+        spec = config.emotions[rule.emotion]
+        keys = dict.fromkeys([*_RULE_SUMMARY_FIELDS, *(spec if isinstance(spec, Mapping) else ())])
+        summaries[str(rule.emotion)] = {key: _plain_value(getattr(rule, key)) for key in keys}
+    return summaries
+
+
+def _plain_value(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
 def describe_rule(emotion: str, rule: Mapping[str, Any]) -> str:
@@ -131,7 +118,7 @@ def describe_training(model_info: Mapping[str, Any] | None) -> dict[str, Any]:
     trainer = None
     if isinstance(recipe, Mapping) and isinstance(recipe.get("trainer"), Mapping):
         trainer = recipe["trainer"].get("type")
-    config = regularizer_config(model_info)
+    config = RegularizerConfig.from_saved(model_info)
     info: dict[str, Any] = {"emoreg": config is not None, "emotions": {}, "modes": [], "coef": None, "layers": None,
                             "train_base": train_base, "trainer": trainer}
     tail = []
@@ -142,23 +129,17 @@ def describe_training(model_info: Mapping[str, Any] | None) -> dict[str, Any]:
     if config is None:
         info["summary"] = "; ".join([NO_EMOREG, *tail])
         return info
-    rules = emotion_rules(config)
+    rules = _rule_summaries(config)
     saved = model_info.get("emoreg_config") if isinstance(model_info.get("emoreg_config"), Mapping) else {}
-    layers = saved.get("layers") or config.get("layers")
-    info.update(emotions=rules, modes=sorted({str(r.get("mode")) for r in rules.values()}), coef=config.get("coef"),
+    layers = saved.get("layers") or config.layers
+    info.update(emotions=rules, modes=sorted({str(r.get("mode")) for r in rules.values()}), coef=config.coef,
                 layers=list(layers) if layers else None)
     penalised = any((r.get("mode") or "penalty") == "penalty" for r in rules.values())
     parts = [", ".join(describe_rule(e, r) for e, r in rules.items()),
-             *([f"coef {_num(config.get('coef'))}"] if penalised else []),  # coef only scales penalties
+             *([f"coef {_num(config.coef)}"] if penalised else []),  # coef only scales penalties
              f"layers {', '.join(str(layer) for layer in layers)}" if layers else "bundle default layer"]
     info["summary"] = "; ".join(["emoreg " + parts[0], *parts[1:], *tail])
     return info
-
-
-def regularised_emotions(model_info: Mapping[str, Any] | None) -> list[str]:
-    """The emotions a checkpoint's regulariser acted on (empty without emoreg)."""
-    config = regularizer_config(model_info)
-    return list(emotion_rules(config)) if config else []
 
 
 def _num(value: Any) -> str:

@@ -7,7 +7,9 @@ with ``metrics.json`` is complete and reused as it is; one without it is
 resumed: items whose ``id`` is already recorded are not run again.
 
 The key is a SHA-256 over everything that changes the records (see
-:func:`cache_key`); the model enters it through :func:`model_content_hash`.
+:func:`cache_key`); the model enters it through its content hash
+(:func:`emoreg.models.fingerprint.model_content_hash`), a bundle through
+:meth:`EmotionVectors.content_hash <emoreg.vectors.bundle.EmotionVectors.content_hash>`.
 """
 
 from __future__ import annotations
@@ -16,17 +18,11 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
 from emoreg.errors import ConfigError
 from emoreg.utils.atomic import atomic_file
-from emoreg.vectors.bundle import EmotionVectors
 
 logger = logging.getLogger(__name__)
 
@@ -35,77 +31,12 @@ METRICS_FILE = "metrics.json"
 KEY_FILE = "key.json"
 LOCK_FILE = ".lock"
 
-_SAMPLE_ELEMENTS = 4096
-
 
 def default_cache_root() -> Path:
     """``$EMOREG_CACHE/evals`` (default ``~/.cache/emoreg/evals``)."""
     from emoreg.models.loading import cache_dir
 
     return cache_dir() / "evals"
-
-
-def model_content_hash(model: nn.Module) -> str:
-    """SHA-256 identifying the model's weights, cheap on large models.
-
-    For every parameter (in ``named_parameters`` order, names included): its
-    name, shape and dtype, up to 4096 evenly spaced elements (stored values,
-    exact), and the float64 sum of the whole tensor, printed to 12 significant
-    digits. The sampled elements catch dense changes exactly; the sum catches a
-    change anywhere in a tensor (e.g. a few fine-tuned embedding rows) while
-    staying equal across devices and reduction orders.
-    Values are not rounded to a coarser dtype: a model loaded in bfloat16 and in
-    float32 gives different hashes, as it gives different outputs. DeepSpeed
-    ZeRO-3 partitions are gathered one parameter at a time (every rank must call this).
-    """
-    digest = hashlib.sha256()
-    for name, param in model.named_parameters():
-        with _gathered(param):
-            tensor = param.detach()
-            digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
-            flat = tensor.reshape(-1)
-            n = flat.numel()
-            if n == 0:
-                continue
-            index = sample_indices(n).to(flat.device)
-            digest.update(flat[index].to(device="cpu", dtype=torch.float32).numpy().tobytes())
-            total = float(torch.sum(flat, dtype=torch.float64))
-            digest.update(f"{total:.12e}|".encode())
-    return digest.hexdigest()
-
-
-def sample_indices(n: int, k: int = _SAMPLE_ELEMENTS) -> torch.Tensor:
-    """``min(n, k)`` evenly spaced indices into ``n`` elements, first and last included (exact integer arithmetic)."""
-    k = min(n, k)
-    if k <= 1:
-        return torch.zeros(k, dtype=torch.long)
-    return torch.arange(k, dtype=torch.long) * (n - 1) // (k - 1)
-
-
-@contextmanager
-def _gathered(param: torch.Tensor) -> Iterator[None]:
-    """Materialise a DeepSpeed ZeRO-3 partitioned parameter for the block (no-op otherwise)."""
-    if not hasattr(param, "ds_id"):
-        yield
-        return
-    import deepspeed
-
-    with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
-        yield
-
-
-def vectors_fingerprint(vectors: EmotionVectors) -> str:
-    """SHA-256 of a bundle's content: emotions, layers, default layer, directions and statistics."""
-    digest = hashlib.sha256()
-    digest.update(canonical_json({"emotions": vectors.emotions, "layers": vectors.layers,
-                                  "default_layer": vectors.default_layer}).encode())
-    for layer in vectors.layers:
-        digest.update(vectors.directions(layer).to(torch.float32).contiguous().numpy().tobytes())
-        if vectors.has_stats:
-            stats = vectors.stats(layer)
-            for tensor in (stats.mean, stats.std):
-                digest.update(tensor.to(torch.float32).contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def file_sha256(path: str | Path) -> str:

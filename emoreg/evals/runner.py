@@ -37,18 +37,13 @@ from typing import Any
 from torch import nn
 
 from emoreg.errors import ConfigError
-from emoreg.evals.cache import (
-    CacheEntry,
-    cache_key,
-    default_cache_root,
-    file_sha256,
-    model_content_hash,
-    vectors_fingerprint,
-)
+from emoreg.evals.cache import CacheEntry, cache_key, default_cache_root, file_sha256
 from emoreg.evals.generation import GenerationSettings
 from emoreg.evals.judges.base import Judge
 from emoreg.evals.suites import SUITE_NAMES, parse_suite_names, suite_class, unknown_suite_error
 from emoreg.evals.suites.base import EvalContext, Item, Record, Suite, limit_items
+from emoreg.models.fingerprint import ModelIdentity, fingerprint_or_none, model_content_hash, model_identity
+from emoreg.regularization.config import regularised_emotions
 from emoreg.utils.atomic import atomic_file
 from emoreg.vectors.bundle import EmotionVectors
 from emoreg.version import __version__
@@ -187,7 +182,7 @@ def suite_cache_payload(suite: Suite, ctx: EvalContext, data_info: Mapping[str, 
     """
     vectors = None
     if suite.requires_vectors and ctx.vectors is not None:
-        vectors = {"fingerprint": vectors_fingerprint(ctx.vectors), "layer": ctx.read_layer(),
+        vectors = {"fingerprint": ctx.vectors.content_hash(), "layer": ctx.read_layer(),
                    "emotions": ctx.report_emotions(), "target_emotions": ctx.target_emotions}
     return {
         "emoreg_version": __version__,
@@ -381,6 +376,7 @@ def run_suites(
     base_key: str | None = None,
     model_info: Mapping[str, Any] | None = None,
     vectors_ref: str | None = None,
+    identity: ModelIdentity | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``ctx.model`` on ``suites`` and return the results dict (see the module docstring).
 
@@ -391,18 +387,22 @@ def run_suites(
         limit: at most this many items per data part (a seeded random subset).
         out_dir: where to write ``results.json`` and ``records.jsonl`` (nothing written when ``None``).
         cache_dir: the cache root (default ``$EMOREG_CACHE/evals``); ``use_cache=False`` bypasses it.
-        model_key: the model's identity in cache keys (default: :func:`model_content_hash` of ``ctx.model``).
+        model_key: the model's identity in cache keys (default: the content hash of ``ctx.model``).
         base_key: the base model's identity in cache keys (default: its content hash; a base given as a
             loader callable is loaded for that unless ``base_key`` is given).
         model_info: extra fields of the results' ``"model"`` entry (``ref``, ``base``, ``emoreg_config``...).
         vectors_ref: how the bundle was named (recorded in the results).
+        identity: ``ctx.model``'s fingerprint and content hash when the caller has them (then neither is
+            computed again; the content hash is the default ``model_key``).
 
     The model is put in eval mode while suites run and every module's mode is restored afterwards.
     """
     suite_list = resolve_suites(suites)
     distributed, main_process = _rank_info()
+    if identity is None and model_key is None:
+        identity = model_identity(ctx.model)
     if model_key is None:
-        model_key = model_content_hash(ctx.model)
+        model_key = identity.content_hash
     if base_key is None:
         base_key = _base_identity(ctx, model_key)
     prepared = prepare_suites(ctx, suite_list, data=data, limit=limit, model_key=model_key, base_key=base_key)
@@ -410,7 +410,9 @@ def run_suites(
         logger.info("emoreg eval: distributed run, the eval cache is not used")
         use_cache = False
     root = Path(cache_dir) if cache_dir is not None else default_cache_root()
-    results = _results_header(ctx, prepared, model_key, base_key, model_info, vectors_ref, limit)
+    fingerprint = identity.fingerprint if identity is not None else fingerprint_or_none(ctx.model)
+    results = _results_header(ctx, prepared, model_key, base_key, model_info, vectors_ref, limit,
+                              fingerprint.to_dict() if fingerprint is not None else None)
     all_records: list[Record] = []
     with _eval_mode(ctx.model):
         for item in prepared:
@@ -452,9 +454,9 @@ def write_outputs(out_dir: str | Path, results: Mapping[str, Any], records: Sequ
 
 
 def _results_header(ctx: EvalContext, prepared: Sequence[PreparedSuite], model_key: str, base_key: str | None,
-                    model_info: Mapping[str, Any] | None, vectors_ref: str | None, limit: int | None
-                    ) -> dict[str, Any]:
-    model = {"ref": None, "fingerprint": _fingerprint(ctx.model), "content_hash": model_key, "base": None,
+                    model_info: Mapping[str, Any] | None, vectors_ref: str | None, limit: int | None,
+                    fingerprint: dict[str, Any] | None) -> dict[str, Any]:
+    model = {"ref": None, "fingerprint": fingerprint, "content_hash": model_key, "base": None,
              "base_key": base_key, "emoreg_config": None, "train_info": None}
     model.update(model_info or {})
     judged = any(p.suite.uses_judge for p in prepared)
@@ -475,23 +477,13 @@ def _vectors_info(ctx: EvalContext, ref: str | None) -> dict[str, Any] | None:
     if ctx.vectors is None:
         return None
     layer = ctx.read_layer()
-    info: dict[str, Any] = {"ref": ref, "layer": layer, "fingerprint": vectors_fingerprint(ctx.vectors),
+    info: dict[str, Any] = {"ref": ref, "layer": layer, "fingerprint": ctx.vectors.content_hash(),
                             "emotions": ctx.vectors.emotions}
     if ctx.vectors.has_stats:
         stats = ctx.vectors.stats(layer)
         info["stats"] = {"mean": dict(zip(ctx.vectors.emotions, stats.mean.tolist(), strict=True)),
                          "std": dict(zip(ctx.vectors.emotions, stats.std.tolist(), strict=True))}
     return info
-
-
-def _fingerprint(model: nn.Module) -> dict[str, Any] | None:
-    from emoreg.errors import ModelLayoutError
-    from emoreg.models.fingerprint import fingerprint_model
-
-    try:
-        return fingerprint_model(model).to_dict()
-    except ModelLayoutError:
-        return None
 
 
 def _base_identity(ctx: EvalContext, model_key: str) -> str | None:
@@ -582,24 +574,24 @@ def evaluate_model(
     ctx = EvalContext(
         model=loaded, tokenizer=tokenizer, vectors=bundle, judge=judge_obj, seed=seed, batch_size=batch_size,
         generation=GenerationSettings(max_new_tokens=max_new_tokens) if max_new_tokens else GenerationSettings(),
-        base_model=base_model, target_emotions=regularised_emotions(info.emoreg_config, bundle),
+        base_model=base_model, target_emotions=_target_emotions(info.emoreg_config, bundle),
     )
-    model_key = model_content_hash(loaded)
+    identity = model_identity(loaded)
+    model_key = identity.content_hash
     base_key = None if base_ref is None else (model_key if same else _ref_identity(base_ref))
     model_info = {"ref": model, "kind": info.kind, "base": base_ref, "emoreg_config": info.emoreg_config,
                   "train_info": info.train_info, "adapter": info.adapter}
     vectors_ref = vectors if isinstance(vectors, str) else None
     return run_suites(ctx, suite_list, data=data, limit=limit, out_dir=out_dir, cache_dir=cache_dir,
                       model_key=model_key, use_cache=use_cache, progress=progress, base_key=base_key,
-                      model_info=model_info, vectors_ref=vectors_ref)
+                      model_info=model_info, vectors_ref=vectors_ref, identity=identity)
 
 
-def regularised_emotions(emoreg_config: Mapping[str, Any] | None, vectors: EmotionVectors | None) -> list[str] | None:
-    """The emotions a checkpoint's regulariser acted on (``emoreg_config.json``), if the bundle has them all."""
-    if not emoreg_config or vectors is None:
+def _target_emotions(emoreg_config: Mapping[str, Any] | None, vectors: EmotionVectors | None) -> list[str] | None:
+    """The emotions a checkpoint's regulariser acted on (its ``emoreg_config.json``), if the bundle has them all."""
+    if vectors is None:
         return None
-    emotions = (emoreg_config.get("config") or {}).get("emotions") or {}
-    names = [str(e) for e in emotions]
+    names = regularised_emotions({"emoreg_config": emoreg_config})
     if not names:
         return None
     missing = [e for e in names if e not in vectors.emotions]

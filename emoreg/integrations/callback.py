@@ -29,7 +29,6 @@ argument, else the trainer's ``processing_class`` (or ``tokenizer``).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -38,6 +37,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from emoreg.errors import ConfigError
+from emoreg.models.provenance import STATE_FILE, read_state, write_state
 from emoreg.regularization.config import RegularizerConfig
 from emoreg.regularization.regularizer import Regularizer
 from emoreg.vectors.bundle import EmotionVectors
@@ -45,8 +45,6 @@ from emoreg.version import __version__
 
 logger = logging.getLogger(__name__)
 
-STATE_FILE = "emoreg_state.json"
-CONFIG_FILE = "emoreg_config.json"
 REFIT_FILE = "emoreg_refit.safetensors"
 
 
@@ -96,7 +94,7 @@ class EmoRegCallback(TrainerCallback):
         if self.regularizer.refit_enabled and not self.regularizer.refit_ready:
             self.regularizer.refit(step=state.global_step)  # on every rank
         logger.info("emoreg: regularising %s at layers %s (%s)", list(self.config.emotions),
-                    list(self.regularizer._plans), self.config.mode)
+                    self.regularizer.layers, self.config.mode)
 
     def _tokenizer(self, kwargs: dict[str, Any]) -> Any:
         """The tokenizer for refit texts: the argument, else the trainer's processing class (or tokenizer)."""
@@ -131,7 +129,7 @@ class EmoRegCallback(TrainerCallback):
             self.regularizer.refit(step=state.global_step)  # on every rank: collective under ZeRO-3
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if self.trainer is not None or self.regularizer is None or logs is None or not _is_training_log(logs):
+        if self.trainer is not None or self.regularizer is None or logs is None or not is_training_log(logs):
             return
         metrics = self.regularizer.metrics()
         logs.update(metrics)
@@ -202,13 +200,13 @@ class EmoRegCallback(TrainerCallback):
     def _restore_from_checkpoint(self, args, state) -> None:
         if state.global_step <= 0 or not args.output_dir:
             return
-        path = Path(args.output_dir) / f"checkpoint-{state.global_step}" / STATE_FILE
-        if path.is_file():
-            saved = json.loads(path.read_text())
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        saved = read_state(checkpoint)
+        if saved is not None:
             self.regularizer.load_state_dict(saved.get("regularizer", {}))
             self._restored = saved
-            logger.info("emoreg: resumed the schedule at step %d from %s", state.global_step, path)
-            self._restore_refit(path.parent, saved.get("regularizer", {}).get("refit"))
+            logger.info("emoreg: resumed the schedule at step %d from %s", state.global_step, checkpoint / STATE_FILE)
+            self._restore_refit(checkpoint, saved.get("regularizer", {}).get("refit"))
 
     def _restore_refit(self, checkpoint: Path, saved: dict[str, Any] | None) -> None:
         if not self.regularizer.refit_enabled:
@@ -230,8 +228,8 @@ class EmoRegCallback(TrainerCallback):
 
 def write_checkpoint_files(directory: Path, regularizer: Regularizer, vectors: EmotionVectors,
                            config: RegularizerConfig) -> None:
-    """Save the schedule state (with ``refit``, the refitted directions in :data:`REFIT_FILE`), the config and
-    the bundle's identity next to a checkpoint."""
+    """Save the schedule state (``emoreg_state.json``; with ``refit``, the refitted directions in
+    :data:`REFIT_FILE`), the config and the bundle's identity (``emoreg_config.json``) next to a checkpoint."""
     state = {"regularizer": regularizer.state_dict(), "library_version": __version__}
     refit = regularizer.refit_state_dict()
     if refit:
@@ -239,22 +237,11 @@ def write_checkpoint_files(directory: Path, regularizer: Regularizer, vectors: E
 
         save_file(refit, str(directory / REFIT_FILE), metadata={"library_version": __version__})
         state["regularizer"]["refit"]["file"] = REFIT_FILE
-    (directory / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
-    info = {
-        "library_version": __version__,
-        "config": config.to_dict(),
-        "layers": list(regularizer._plans),
-        "vectors": {
-            "emotions": vectors.emotions,
-            "default_layer": vectors.default_layer,
-            "corpus_sha256": vectors.corpus_sha256,
-            "model_fingerprint": vectors.model_fingerprint.to_dict() if vectors.model_fingerprint else None,
-        },
-    }
-    (directory / CONFIG_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    write_state(directory, state)
+    config.save_pretrained(directory, layers=regularizer.layers, vectors=vectors)
 
 
-def _is_training_log(logs: dict[str, Any]) -> bool:
+def is_training_log(logs: dict[str, Any]) -> bool:
     """Training logs, not evaluation or final summary logs (which every rank also sends)."""
     return not any(str(k).startswith(("eval_", "test_", "train_runtime")) for k in logs)
 
@@ -272,7 +259,7 @@ def attach(trainer: Any, vectors: EmotionVectors | str, config: RegularizerConfi
     original_train = trainer.train
 
     def log(logs: dict[str, float], *args, **kwargs):
-        if callback.regularizer is not None and callback.regularizer.attached and _is_training_log(logs):
+        if callback.regularizer is not None and callback.regularizer.attached and is_training_log(logs):
             logs.update(callback.regularizer.metrics())
         return original_log(logs, *args, **kwargs)
 

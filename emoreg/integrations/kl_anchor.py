@@ -43,7 +43,7 @@ import torch
 from transformers import TrainerCallback
 
 from emoreg.errors import ConfigError
-from emoreg.integrations.callback import _is_training_log
+from emoreg.integrations.callback import is_training_log
 from emoreg.regularization.kl_anchor import AnchorExample, KLAnchor, KLAnchorConfig
 from emoreg.version import __version__
 
@@ -119,7 +119,7 @@ class KLAnchorCallback(TrainerCallback):
             return result + term.to(result.device)
 
         def log(logs: dict[str, float], *args, **kwargs):
-            if _is_training_log(logs):
+            if is_training_log(logs):
                 logs.update(anchor.metrics())
             return original_log(logs, *args, **kwargs)
 

@@ -20,7 +20,6 @@ The tokenizer comes from the checkpoint directory when it has one, else from the
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +28,8 @@ from typing import Any
 import torch
 
 from emoreg.errors import ModelLoadError
+from emoreg.models.provenance import TRAIN_INFO_FILE, read_json_object, read_provenance
 
-TRAIN_INFO_FILE = "emoreg_train.json"
-EMOREG_CONFIG_FILE = "emoreg_config.json"
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 _WEIGHT_PATTERNS = ("model.safetensors", "model-*.safetensors", "model.safetensors.index.json",
                     "pytorch_model.bin", "pytorch_model-*.bin", "pytorch_model.bin.index.json")
@@ -76,22 +74,22 @@ def load_for_eval(ref: str, dtype: str | torch.dtype = "float32", device: str | 
         source = resolve_model_source(ref)
         model, tokenizer = load_model_and_tokenizer(ref, dtype=dtype, device=device)
         return model, tokenizer, CheckpointInfo(ref=ref, kind=source.kind)
-    emoreg_config = _read_json(path / EMOREG_CONFIG_FILE)
-    train_info = _read_json(path / TRAIN_INFO_FILE)
-    trained_from = train_info.get("base_model") if isinstance(train_info, dict) else None
+    provenance = read_provenance(path)
+    trained_from = provenance.base_model
     if (path / ADAPTER_CONFIG_FILE).is_file():
         model, tokenizer, adapter = _load_adapter(path, trained_from, dtype, device)
-        info = CheckpointInfo(ref=ref, kind="peft_adapter", base=adapter["loaded_base"], emoreg_config=emoreg_config,
-                              train_info=train_info, adapter=adapter)
+        info = CheckpointInfo(ref=ref, kind="peft_adapter", base=adapter["loaded_base"],
+                              emoreg_config=provenance.emoreg_config, train_info=provenance.train_info,
+                              adapter=adapter)
         return model, tokenizer, info
     check_model_directory(path)
     if has_tokenizer(path) or not trained_from:
         model, tokenizer = load_model_and_tokenizer(str(path), dtype=dtype, device=device)
     else:
         model = _load_weights_only(path, dtype, device)
-        tokenizer = load_tokenizer(str(trained_from))
-    info = CheckpointInfo(ref=ref, kind="directory", base=str(trained_from) if trained_from else None,
-                          emoreg_config=emoreg_config, train_info=train_info)
+        tokenizer = load_tokenizer(trained_from)
+    info = CheckpointInfo(ref=ref, kind="directory", base=trained_from, emoreg_config=provenance.emoreg_config,
+                          train_info=provenance.train_info)
     return model, tokenizer, info
 
 
@@ -149,12 +147,12 @@ def load_tokenizer(ref: str):
     """The tokenizer of a model reference (``"default"``, directory, ``.gguf`` file or hub id), with a pad token."""
     from transformers import AutoTokenizer
 
-    from emoreg.models.loading import _cached_default_checkpoint, resolve_model_source
+    from emoreg.models.loading import cached_default_checkpoint, resolve_model_source
 
     source = resolve_model_source(ref)
     try:
         if source.kind == "default":
-            tokenizer = AutoTokenizer.from_pretrained(str(_cached_default_checkpoint(source)))
+            tokenizer = AutoTokenizer.from_pretrained(str(cached_default_checkpoint(source)))
         elif source.kind == "gguf":
             tokenizer = AutoTokenizer.from_pretrained(source.location, gguf_file=source.gguf_file)
         elif source.kind == "directory":
@@ -168,10 +166,10 @@ def load_tokenizer(ref: str):
     return tokenizer
 
 
-def _load_adapter(path: Path, trained_from: Any, dtype, device):
+def _load_adapter(path: Path, trained_from: str | None, dtype, device):
     from emoreg.models.loading import load_model_and_tokenizer
 
-    adapter_config = _read_json(path / ADAPTER_CONFIG_FILE) or {}
+    adapter_config = read_json_object(path / ADAPTER_CONFIG_FILE) or {}
     declared = adapter_config.get("base_model_name_or_path")
     base = str(trained_from or declared or "")
     if not base:
@@ -201,27 +199,15 @@ def _load_adapter(path: Path, trained_from: Any, dtype, device):
 def _load_weights_only(path: Path, dtype, device):
     from transformers import AutoModelForCausalLM
 
-    from emoreg.models.loading import _parse_dtype
+    from emoreg.models.loading import parse_dtype
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=_parse_dtype(dtype))
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=parse_dtype(dtype))
     except (ValueError, KeyError, OSError) as exc:
         raise ModelLoadError(f"could not load {path} as a causal language model: {exc}") from exc
     model.to(device)
     model.eval()
     return model
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ModelLoadError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
-    if not isinstance(data, dict):
-        raise ModelLoadError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
 
 
 def _checkpoint_step(path: Path) -> tuple[int, str]:

@@ -136,9 +136,9 @@ def load_model_and_tokenizer(
     The tokenizer always has a pad token (the EOS token when it had none).
     """
     source = resolve_model_source(name_or_path)
-    torch_dtype = _parse_dtype(dtype)
+    torch_dtype = parse_dtype(dtype)
     if source.kind == "default":
-        directory = _cached_default_checkpoint(source)
+        directory = cached_default_checkpoint(source)
         model, tokenizer = _load_directory(str(directory), torch_dtype, describe=source.describe())
     elif source.kind == "gguf":
         model, tokenizer = _load_gguf(source, torch_dtype)
@@ -153,7 +153,8 @@ def load_model_and_tokenizer(
     return model, tokenizer
 
 
-def _parse_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
+    """A dtype name (``"float32"``, ``"bf16"``, ...) as a torch dtype; torch dtypes and ``"auto"`` pass through."""
     if isinstance(dtype, torch.dtype) or dtype == "auto":
         return dtype
     table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -241,7 +242,7 @@ def _load_hub(model_id: str, dtype):
     )
 
 
-def _cached_default_checkpoint(source: ModelSource) -> Path:
+def cached_default_checkpoint(source: ModelSource) -> Path:
     """Dequantise the embedded GGUF once and keep it as a transformers checkpoint."""
     gguf = Path(source.location) / str(source.gguf_file)
     stamp = {"gguf": gguf.name, "size": gguf.stat().st_size}

@@ -29,18 +29,28 @@ optimizer steps the penalised emotions' directions are re-extracted from the
 *current* model on a fixed subset of the built-in stories, and penalised
 alongside the bundle's fixed directions (see :mod:`emoreg.regularization.refit`).
 
-Loaded from dicts or OmegaConf YAML; unknown keys are errors listing the valid ones.
+Loaded from dicts or OmegaConf YAML; unknown keys are errors listing the valid ones. A checkpoint
+trained with emoreg keeps its config in ``emoreg_config.json``
+(:meth:`RegularizerConfig.save_pretrained` / :meth:`RegularizerConfig.from_pretrained`);
+:meth:`RegularizerConfig.from_saved` and :func:`regularised_emotions` read it from what a checkpoint
+saved (the ``"model"`` entry of eval results, ``CheckpointInfo.to_dict()``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from emoreg.errors import ConfigError
+from emoreg.models.provenance import CONFIG_FILE, TRAIN_INFO_FILE, read_config, write_config
+from emoreg.version import __version__
+
+if TYPE_CHECKING:
+    from emoreg.vectors.bundle import EmotionVectors
 
 MODES = ("penalty", "ablate", "clamp", "steer")
 KINDS = ("square", "hinge", "band")
@@ -94,7 +104,7 @@ class RefitConfig:
         self.validate()
 
     @classmethod
-    def from_dict(cls, data: Any, *, source: str = "refit") -> "RefitConfig":
+    def from_dict(cls, data: Any, *, source: str = "refit") -> RefitConfig:
         """Build from a plain dict; unknown keys are errors listing the valid ones."""
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: expected a mapping like {{'every': 50}}, got {type(data).__name__}")
@@ -102,7 +112,7 @@ class RefitConfig:
         _reject_unknown(data, valid, source)
         if "every" not in data:
             raise ConfigError(f"{source}.every is required: the number of optimizer steps between refits")
-        return cls(**{k: _plain(v) for k, v in data.items()})
+        return cls(**{k: to_plain(v) for k, v in data.items()})
 
     def validate(self) -> None:
         for name in ("every", "texts_per_emotion", "seed", "max_length", "batch_size"):
@@ -179,7 +189,7 @@ class RegularizerConfig:
 
     def __post_init__(self) -> None:
         if self.refit is not None and not isinstance(self.refit, RefitConfig):
-            self.refit = RefitConfig.from_dict(_plain(self.refit), source="refit")
+            self.refit = RefitConfig.from_dict(to_plain(self.refit), source="refit")
         if isinstance(self.clamp_percentiles, list):
             self.clamp_percentiles = tuple(self.clamp_percentiles)
         if self.layers is not None:
@@ -190,16 +200,16 @@ class RegularizerConfig:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> "RegularizerConfig":
+    def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> RegularizerConfig:
         """Build from a plain dict; unknown keys are errors listing the valid ones."""
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: expected a mapping of regulariser settings, got {type(data).__name__}")
         valid = [f.name for f in dataclasses.fields(cls)]
         _reject_unknown(data, valid, source)
-        return cls(**{k: _plain(v) for k, v in data.items()})
+        return cls(**{k: to_plain(v) for k, v in data.items()})
 
     @classmethod
-    def from_yaml(cls, path: str | Path, *, key: str | None = None) -> "RegularizerConfig":
+    def from_yaml(cls, path: str | Path, *, key: str | None = None) -> RegularizerConfig:
         """Load from an OmegaConf YAML file (optionally the mapping under ``key``, e.g. ``emoreg``)."""
         from omegaconf import OmegaConf
 
@@ -215,13 +225,83 @@ class RegularizerConfig:
         return cls.from_dict(data, source=source)
 
     @classmethod
-    def coerce(cls, value: "RegularizerConfig | dict[str, Any]") -> "RegularizerConfig":
+    def coerce(cls, value: RegularizerConfig | dict[str, Any]) -> RegularizerConfig:
         return value if isinstance(value, cls) else cls.from_dict(value)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["clamp_percentiles"] = list(self.clamp_percentiles)
         return data
+
+    # ------------------------------------------------------------------ saving
+    def save_pretrained(self, directory: str | Path, *, layers: list[int] | None = None,
+                        vectors: EmotionVectors | None = None) -> Path:
+        """Write ``emoreg_config.json`` into ``directory`` (created if needed) atomically and return its path.
+
+        The file is ``{"library_version", "config": to_dict(), "layers", "vectors"}``: ``layers`` are the
+        layers a :class:`~emoreg.regularization.regularizer.Regularizer` acted on, ``vectors`` the bundle's
+        emotions, default layer, corpus hash and model fingerprint (each ``null`` when not given).
+        """
+        bundle = None
+        if vectors is not None:
+            bundle = {
+                "emotions": vectors.emotions,
+                "default_layer": vectors.default_layer,
+                "corpus_sha256": vectors.corpus_sha256,
+                "model_fingerprint": vectors.model_fingerprint.to_dict() if vectors.model_fingerprint else None,
+            }
+        info = {"library_version": __version__, "config": self.to_dict(),
+                "layers": list(layers) if layers is not None else None, "vectors": bundle}
+        return write_config(directory, info)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> RegularizerConfig:
+        """The config in ``directory``'s ``emoreg_config.json`` (written by :meth:`save_pretrained` or by training).
+
+        Raises:
+            ConfigError: there is no such file, or its ``config`` is missing or not a valid config.
+            ModelLoadError: the file is not valid JSON.
+        """
+        path = Path(directory)
+        saved = read_config(path)
+        if saved is None:
+            raise ConfigError(f"{path}: no {CONFIG_FILE} (RegularizerConfig.save_pretrained or an emoreg training "
+                              "run writes one)")
+        if "config" not in saved:
+            raise ConfigError(f"{path / CONFIG_FILE}: missing field 'config'")
+        return cls._from_saved_dict(saved["config"], f"{path / CONFIG_FILE}: config")
+
+    @classmethod
+    def from_saved(cls, saved: Mapping[str, Any] | None) -> RegularizerConfig | None:
+        """The config a checkpoint was trained with, or ``None`` (trained without emoreg, or not by emoreg).
+
+        ``saved`` maps file to content as the ``"model"`` entry of eval results and
+        :meth:`CheckpointInfo.to_dict <emoreg.models.checkpoint.CheckpointInfo.to_dict>` do:
+        ``"emoreg_config"`` (its ``emoreg_config.json``), whose ``config`` is used when it names an emotion,
+        else ``"train_info"`` (its ``emoreg_train.json``), whose ``regularizer`` is used when it names an emotion.
+        A saved config that is not valid is a :class:`ConfigError` naming the file and field.
+        """
+        saved = saved or {}
+        emoreg_config = saved.get("emoreg_config")
+        if isinstance(emoreg_config, Mapping):
+            config = emoreg_config.get("config")
+            if isinstance(config, Mapping) and config.get("emotions"):
+                return cls._from_saved_dict(dict(config), f"{CONFIG_FILE}: config")
+        train_info = saved.get("train_info")
+        if isinstance(train_info, Mapping):
+            config = train_info.get("regularizer")
+            if isinstance(config, Mapping) and config.get("emotions"):
+                return cls._from_saved_dict(dict(config), f"{TRAIN_INFO_FILE}: regularizer")
+        return None
+
+    @classmethod
+    def _from_saved_dict(cls, data: Any, source: str) -> RegularizerConfig:
+        """:meth:`from_dict` whose errors all name ``source`` (the file and field the dict was read from)."""
+        try:
+            return cls.from_dict(data, source=source)
+        except ConfigError as exc:
+            message = str(exc)
+            raise ConfigError(message if message.startswith(source) else f"{source}: {message}") from None
 
     # ------------------------------------------------------------------ rules
     def rules(self) -> list[EmotionRule]:
@@ -234,7 +314,7 @@ class RegularizerConfig:
                 values["weight"] = float(spec)
             elif isinstance(spec, dict):
                 _reject_unknown(spec, ("weight",) + _RULE_DEFAULT_FIELDS, f"emotions.{emotion}")
-                values.update({k: _plain(v) for k, v in spec.items()})
+                values.update({k: to_plain(v) for k, v in spec.items()})
             else:
                 raise ConfigError(
                     f"emotions.{emotion}: expected a weight (number) or a mapping of overrides, got {spec!r}"
@@ -321,7 +401,14 @@ def _reject_unknown(data: dict[str, Any], valid, source: str) -> None:
         raise ConfigError(f"{source}: unknown key(s) {', '.join(hints)}; valid keys are {sorted(valid)}")
 
 
-def _plain(value: Any) -> Any:
+def regularised_emotions(saved: Mapping[str, Any] | None) -> list[str]:
+    """The emotions a checkpoint's regulariser acted on, from what it saved (see
+    :meth:`RegularizerConfig.from_saved`); empty when it was trained without emoreg."""
+    config = RegularizerConfig.from_saved(saved)
+    return [str(emotion) for emotion in config.emotions] if config is not None else []
+
+
+def to_plain(value: Any) -> Any:
     """Turn OmegaConf containers into plain Python values."""
     try:
         from omegaconf import DictConfig, ListConfig, OmegaConf

@@ -61,6 +61,7 @@ from emoreg.regularization.anchor_examples import (
     encode_example,
     load_anchor_examples,
 )
+from emoreg.regularization.config import to_plain
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ class KLAnchorConfig:
         if missing:
             raise ConfigError(f"{source}: missing required key(s) {missing}; e.g. {{coef: 0.1, examples: builtin}} "
                               f"(examples: a JSONL file of anchor examples, or 'builtin')")
-        return cls(**{key: _plain(value) for key, value in data.items()})
+        return cls(**{key: to_plain(value) for key, value in data.items()})
 
     @classmethod
     def coerce(cls, value: KLAnchorConfig | Mapping[str, Any]) -> KLAnchorConfig:
@@ -165,13 +166,6 @@ def _is_number(value: Any) -> bool:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _plain(value: Any) -> Any:
-    """OmegaConf containers as plain Python values."""
-    from emoreg.regularization.config import _plain as plain
-
-    return plain(value)
 
 
 # ---------------------------------------------------------------------------------------------- the KL
@@ -416,9 +410,9 @@ def frozen_copy(model: nn.Module) -> nn.Module:
     over the *original* model's forward, so the copy would silently run the trained weights, and
     Accelerate's mixed-precision wrapper is replaced by the anchor's own ``autocast``.
     """
-    from emoreg.regularization.regularizer import _OWNER_ATTRIBUTE
+    from emoreg.regularization.regularizer import attached_regularizer
 
-    if getattr(model, _OWNER_ATTRIBUTE, None) is not None:
+    if attached_regularizer(model) is not None:
         raise ConfigError("kl_anchor: an emoreg Regularizer is attached to the model (training is under way); "
                           "build the KL anchor before training starts")
     reference = copy.deepcopy(model)
@@ -459,9 +453,9 @@ def regularizer_suspended(model: nn.Module) -> Iterator[None]:
     """Suspend an emoreg Regularizer attached to ``model`` (:meth:`Regularizer.suspended
     <emoreg.regularization.regularizer.Regularizer.suspended>`): it neither penalises, edits nor measures the
     forwards run inside the block, and its batch context is left as the task forward set it."""
-    from emoreg.regularization.regularizer import _OWNER_ATTRIBUTE
+    from emoreg.regularization.regularizer import attached_regularizer
 
-    regularizer = getattr(model, _OWNER_ATTRIBUTE, None)
+    regularizer = attached_regularizer(model)
     with regularizer.suspended() if regularizer is not None else nullcontext():
         yield
 

@@ -143,15 +143,20 @@ class Regularizer:
 
     # ------------------------------------------------------------------ lifecycle
     @property
+    def layers(self) -> list[int]:
+        """The decoder layers it acts on (the config's ``layers``, else the bundle's default layer)."""
+        return list(self._plans)
+
+    @property
     def attached(self) -> bool:
         return bool(self._handles)
 
-    def attach(self) -> "Regularizer":
+    def attach(self) -> Regularizer:
         """Install the hooks (idempotent for this regulariser; an error if another one owns the model)."""
         if self.attached:
             return self
         base = unwrap_model(self.model)
-        owner = getattr(base, _OWNER_ATTRIBUTE, None)
+        owner = attached_regularizer(base)
         if owner is not None and owner is not self:
             raise ConfigError("another emoreg Regularizer is already attached to this model; detach it first")
         try:
@@ -181,17 +186,17 @@ class Regularizer:
             self._patched_generate.__dict__.pop("generate", None)
             self._patched_generate = None
         base = unwrap_model(self.model)
-        if getattr(base, _OWNER_ATTRIBUTE, None) is self:
+        if attached_regularizer(base) is self:
             delattr(base, _OWNER_ATTRIBUTE)
         self._depth = 0
         self._generation_depth = 0
         self._context = BatchContext()
 
-    def __enter__(self) -> "Regularizer":
+    def __enter__(self) -> Regularizer:
         return self.attach()
 
     @contextmanager
-    def suspended(self) -> Iterator["Regularizer"]:
+    def suspended(self) -> Iterator[Regularizer]:
         """Inside the block every hook of this regulariser does nothing: no penalty, intervention, metric,
         nor change to the batch context (forwards of emoreg's own reads, such as refits). Nestable."""
         self._suspended += 1
@@ -490,6 +495,15 @@ class Regularizer:
         if scale == 0.0 or not hidden.requires_grad:
             return hidden
         return add_penalty_gradient(hidden, penalty, scale)
+
+
+def attached_regularizer(model: nn.Module) -> Regularizer | None:
+    """The :class:`Regularizer` attached to ``model``, or ``None``.
+
+    A regulariser marks the unwrapped model it hooks (:func:`~emoreg.models.layout.unwrap_model`) while it is
+    attached; ``model`` is looked at as given, not unwrapped.
+    """
+    return getattr(model, _OWNER_ATTRIBUTE, None)
 
 
 def _call_values(module: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:

@@ -475,7 +475,7 @@ def _validate_frozen_reader(recipe: Recipe, source: str) -> None:
 
 
 def _validate_screen(recipe: Recipe, source: str) -> None:
-    from emoreg.train.screening import SCREEN_MODES, SCREEN_TRAINER_TYPES, _mode_error
+    from emoreg.train.screening import SCREEN_MODES, SCREEN_TRAINER_TYPES, screen_mode_error
 
     spec = recipe.data.screen
     if spec is None:
@@ -486,7 +486,7 @@ def _validate_screen(recipe: Recipe, source: str) -> None:
                           f"frozen_reader block")
     _check_emotion_weights(spec.emotions, "data.screen", source)
     if spec.mode not in SCREEN_MODES:
-        message = _mode_error(spec.mode)
+        message = screen_mode_error(spec.mode)
         close = difflib.get_close_matches(str(spec.mode), SCREEN_MODES, n=1)
         if close and spec.mode != "reweight":
             message += f" (did you mean {close[0]!r}?)"

@@ -11,14 +11,13 @@ Outputs, in ``output_dir`` and in every ``checkpoint-N`` directory: the trainer'
 regulariser's ``emoreg_config.json`` and ``emoreg_state.json`` (when emoreg is enabled) and
 ``emoreg_train.json`` = ``{"base_model", "recipe", "vectors", "regularizer", "screening", "frozen_reader",
 "emoreg_version"}`` (``screening``: what :mod:`emoreg.train.screening` dropped; ``frozen_reader``: the
-``emotion_reading`` reward's settings; each null when unused).
+``emotion_reading`` reward's settings; each null when unused). :mod:`emoreg.models.provenance` writes and
+reads these files.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import re
 import time
@@ -30,14 +29,17 @@ from typing import Any
 from transformers import TrainerCallback
 
 from emoreg.errors import ConfigError
+from emoreg.models.provenance import (
+    STATE_FILE,
+    TRAIN_INFO_FILE,  # noqa: F401 (emoreg.demo.run imports it from here)
+    write_train_info,
+)
 from emoreg.train.data import load_rows
 from emoreg.train.recipe import Recipe, trl_config_class
 from emoreg.train.rewards import resolve_reward
 from emoreg.version import __version__
 
 logger = logging.getLogger(__name__)
-
-TRAIN_INFO_FILE = "emoreg_train.json"
 
 
 @dataclass
@@ -92,19 +94,13 @@ def build_peft_config(recipe: Recipe):
 
 
 def vectors_identity(ref: str, vectors) -> dict[str, Any]:
-    """The bundle's reference and fingerprint: SHA-256 over its saved files, plus the model it was made for."""
-    from emoreg.vectors.bundle import default_bundle_path
-
-    directory = default_bundle_path() if ref == "default" else Path(ref)
-    digest = hashlib.sha256()
-    for name in ("bundle.json", "vectors.safetensors"):
-        path = directory / name
-        if path.is_file():
-            digest.update(name.encode() + b"\0" + path.read_bytes())
+    """The bundle's reference and fingerprint (:meth:`EmotionVectors.content_hash
+    <emoreg.vectors.bundle.EmotionVectors.content_hash>`, as eval results record it), plus the model it was
+    made for."""
     fingerprint = vectors.model_fingerprint
     return {
         "ref": ref,
-        "fingerprint": digest.hexdigest(),
+        "fingerprint": vectors.content_hash(),
         "model_fingerprint": fingerprint.to_dict() if fingerprint else None,
         "emotions": list(vectors.emotions),
         "default_layer": vectors.default_layer,
@@ -190,14 +186,6 @@ class TrainInfoCallback(TrainerCallback):
             write_train_info(Path(args.output_dir), self.info)
 
 
-def write_train_info(directory: Path, info: dict[str, Any]) -> Path:
-    """Write ``emoreg_train.json`` into ``directory`` (created if needed)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / TRAIN_INFO_FILE
-    path.write_text(json.dumps(info, indent=2, default=str) + "\n")
-    return path
-
-
 def missing_checkpoint_files(checkpoint: Path, *, needs_emoreg: bool) -> list[str]:
     """What a checkpoint directory lacks to be resumed from (empty: complete).
 
@@ -205,8 +193,6 @@ def missing_checkpoint_files(checkpoint: Path, *, needs_emoreg: bool) -> list[st
     emoreg callback writes ``emoreg_state.json`` after that (``on_save``): a run killed during a save leaves a
     ``checkpoint-N`` without them.
     """
-    from emoreg.integrations.callback import STATE_FILE
-
     missing = [] if (checkpoint / "trainer_state.json").is_file() else ["trainer_state.json"]
     if needs_emoreg and not (checkpoint / STATE_FILE).is_file():
         missing.append(STATE_FILE)
@@ -296,8 +282,8 @@ def build_trainer(recipe: Recipe, *, callbacks: Sequence[TrainerCallback] = ()):
 
     from emoreg.integrations import attach, attach_kl_anchor
     from emoreg.models.loading import load_model_and_tokenizer
-    from emoreg.regularization.frozen_reader import EMOTION_READING, EmotionReadingReward
     from emoreg.regularization.anchor_examples import load_anchor_examples
+    from emoreg.regularization.frozen_reader import EMOTION_READING, EmotionReadingReward
     from emoreg.vectors.bundle import EmotionVectors
 
     args = build_training_args(recipe)

@@ -98,7 +98,7 @@ def screen_rows(rows: Sequence[dict[str, Any]], trainer_type: str, reader, *, ma
         DataFormatError: a row whose target has no token to read (names the row and field).
     """
     if mode not in SCREEN_MODES:
-        raise ConfigError(_mode_error(mode))
+        raise ConfigError(screen_mode_error(mode))
     if not rows:
         raise DataFormatError("data.screen: no rows to screen")
     targets = [screened_target(row, trainer_type, i) for i, row in enumerate(rows)]
@@ -136,11 +136,13 @@ def _in_context(row: dict[str, Any], prompt_key: str, target_key: str, index: in
     return context, target[-1]["content"], f"{target_key} (last message)"
 
 
-def _mode_error(mode: str) -> str:
+def screen_mode_error(mode: str) -> str:
+    """The message for an unsupported ``data.screen.mode`` (``reweight`` gets the reason it is not supported)."""
     if mode == "reweight":
         return ("data.screen.mode 'reweight' is not supported: TRL's SFTTrainer and DPOTrainer take no per-row "
                 "loss weights; use mode 'drop'")
     return f"data.screen.mode must be one of {list(SCREEN_MODES)}, got {mode!r}"
 
 
-__all__ = ["SCREEN_MODES", "ScreenResult", "screen_rows", "screened_target"]
+__all__ = ["SCREEN_MODES", "SCREEN_TRAINER_TYPES", "ScreenResult", "screen_mode_error", "screen_rows",
+           "screened_target"]

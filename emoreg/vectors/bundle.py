@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,26 +28,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from emoreg.errors import BundleError
 from emoreg.models.fingerprint import ModelFingerprint, fingerprint_model
-from emoreg.utils.atomic import atomic_directory
+from emoreg.utils.tensorfile import TensorDirectory
 from emoreg.version import __version__
 
 FORMAT_VERSION = 1
 TENSORS_FILE = "vectors.safetensors"
 METADATA_FILE = "bundle.json"
+#: The bundle directory's two files (saving and loading them).
+BUNDLE_FILES = TensorDirectory(TENSORS_FILE, METADATA_FILE, format="emoreg-vectors", format_version=FORMAT_VERSION,
+                               kind="vector bundle", what="an emoreg bundle")
 
 
 def is_bundle_dir(path: str | Path) -> bool:
     """Whether ``path`` is a directory holding an emoreg bundle (``bundle.json`` with the bundle format)."""
-    metadata = Path(path) / METADATA_FILE
-    try:
-        data = json.loads(metadata.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    return isinstance(data, dict) and data.get("format") == "emoreg-vectors"
+    return BUNDLE_FILES.holds(path)
 DEFAULT_BUNDLE = "default"
 DEFAULT_PERCENTILES: tuple[float, ...] = (1.0, 5.0, 25.0, 50.0, 75.0, 95.0, 99.0)
 _UNIT_TOLERANCE = 1e-3
@@ -341,7 +337,6 @@ class EmotionVectors:
         ``path`` must be new, an empty directory or an existing bundle (anything else is refused with a
         :class:`~emoreg.errors.ConfigError`, before and after the work, so nothing that is not a bundle is ever
         replaced). Other files and folders already in a bundle directory (a validation report) are kept."""
-        path = Path(path)
         tensors = {"directions": self._directions}
         if self._stats_mean is not None:
             tensors["stats.mean"] = self._stats_mean
@@ -349,19 +344,7 @@ class EmotionVectors:
             tensors["stats.std"] = self._stats_std
         if self._stats_percentiles is not None:
             tensors["stats.percentiles"] = self._stats_percentiles
-        with atomic_directory(path, is_ours=is_bundle_dir, what="an emoreg bundle") as tmp:
-            if path.is_dir():
-                for existing in path.iterdir():
-                    if existing.name in (TENSORS_FILE, METADATA_FILE):
-                        continue
-                    if existing.is_dir() and not existing.is_symlink():
-                        shutil.copytree(existing, tmp / existing.name, symlinks=True)
-                    else:
-                        shutil.copy2(existing, tmp / existing.name, follow_symlinks=False)
-            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / TENSORS_FILE),
-                      metadata={"format": "emoreg-vectors", "format_version": str(FORMAT_VERSION)})
-            (tmp / METADATA_FILE).write_text(json.dumps(self.metadata(), indent=2) + "\n", encoding="utf-8")
-        return path
+        return BUNDLE_FILES.save(path, tensors, self.metadata(), keep_other_files=True)
 
     def metadata(self) -> dict[str, Any]:
         """The JSON metadata written to ``bundle.json``."""
@@ -386,17 +369,7 @@ class EmotionVectors:
         path = default_bundle_path() if str(name_or_path) == DEFAULT_BUNDLE else Path(name_or_path)
         if path.is_file() and path.name in (TENSORS_FILE, METADATA_FILE):
             path = path.parent
-        if not path.is_dir():
-            raise BundleError(f"{path}: no such vector bundle directory (expected {TENSORS_FILE} and {METADATA_FILE})")
-        meta_path, tensor_path = path / METADATA_FILE, path / TENSORS_FILE
-        for required in (meta_path, tensor_path):
-            if not required.is_file():
-                raise BundleError(f"{path}: not a vector bundle, {required.name} is missing")
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            detail = f"{exc.msg}, line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
-            raise BundleError(f"{meta_path}: not valid JSON ({detail})") from None
+        meta_path, meta = BUNDLE_FILES.read_metadata(path)
         if not isinstance(meta, dict):
             raise BundleError(f"{meta_path}: expected a JSON object, got a JSON {type(meta).__name__}")
         if meta.get("format") != "emoreg-vectors":
@@ -422,12 +395,7 @@ class EmotionVectors:
         default_layer = meta["default_layer"]
         if isinstance(default_layer, bool) or not isinstance(default_layer, int):
             raise BundleError(f"{meta_path}: field 'default_layer' must be a layer index, got {default_layer!r}")
-        try:
-            tensors = load_file(str(tensor_path))
-        except Exception as exc:  # safetensors raises its own error types
-            raise BundleError(f"{tensor_path}: cannot read safetensors file ({exc})") from None
-        if "directions" not in tensors:
-            raise BundleError(f"{tensor_path}: missing tensor 'directions'")
+        tensors = BUNDLE_FILES.read_tensors(path, required=("directions",))
         fingerprint = meta.get("model_fingerprint")
         try:
             return cls(
@@ -447,6 +415,27 @@ class EmotionVectors:
             )
         except BundleError as exc:
             raise BundleError(f"{path}: {exc}") from None
+
+    # ------------------------------------------------------------------ identity
+    def content_hash(self) -> str:
+        """SHA-256 of the bundle's content: emotions, layers, default layer, directions and statistics.
+
+        It does not depend on how the bundle was saved or loaded, nor on its metadata (model fingerprint,
+        extraction settings, validation): eval cache keys, eval results and ``emoreg_train.json`` name the
+        bundle by it.
+        """
+        import hashlib
+
+        digest = hashlib.sha256()
+        header = {"emotions": self.emotions, "layers": self.layers, "default_layer": self.default_layer}
+        digest.update(json.dumps(header, sort_keys=True, separators=(",", ":"), default=str).encode())
+        for layer in self.layers:
+            digest.update(self.directions(layer).to(torch.float32).contiguous().numpy().tobytes())
+            if self.has_stats:
+                stats = self.stats(layer)
+                for tensor in (stats.mean, stats.std):
+                    digest.update(tensor.to(torch.float32).contiguous().numpy().tobytes())
+        return digest.hexdigest()
 
     def __repr__(self) -> str:
         model = self.model_fingerprint.describe() if self.model_fingerprint else "unknown model"

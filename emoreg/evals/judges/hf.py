@@ -89,4 +89,4 @@ class HFJudge(Judge):
         return {"name": self.name, "max_new_tokens": self.max_new_tokens, "system_prompt": self.system_prompt}
 
 
-__all__ = ["HFJudge", "model_context_length"]
+__all__ = ["HFJudge"]
