@@ -229,3 +229,13 @@ def test_report_scores_each_source_on_goemotions(tmp_path, tiny_llama, tiny_toke
     assert "story part rebuilt per fold" in report["heldout_topics"]["method"]
     write_validation_report(report, tmp_path / "out")
     assert "Each source's own directions" in (tmp_path / "out" / "VALIDATION.md").read_text()
+
+
+def test_builtin_reply_prompts_are_the_probe_scenarios_as_the_suite_reads_them():
+    from importlib import resources
+
+    from emoreg.evals.suites.probes import load_scenarios
+    from emoreg.vectors.validation import builtin_reply_prompts
+
+    path = resources.files("emoreg") / "data" / "evals" / "probes" / "scenarios.jsonl"
+    assert builtin_reply_prompts() == [item["messages"] for item in load_scenarios(str(path))]

@@ -233,9 +233,9 @@ def _evaluate_all(settings: DemoSettings, labels: list[str], *,
                   say: Callable[[str], None]) -> dict[str, dict[str, Any]]:
     """Evaluate base and every checkpoint; returns ``{label: {"results": ..., "records": [...]}}``."""
     from emoreg.compare.report import load_records
-    from emoreg.evals.generation import GenerationSettings
     from emoreg.evals.suites.base import EvalContext
     from emoreg.models.checkpoint import load_for_eval
+    from emoreg.models.generation import GenerationSettings
     from emoreg.vectors.bundle import EmotionVectors
 
     vectors = EmotionVectors.from_pretrained("default")

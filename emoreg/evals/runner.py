@@ -38,11 +38,11 @@ from torch import nn
 
 from emoreg.errors import ConfigError
 from emoreg.evals.cache import CacheEntry, cache_key, default_cache_root, file_sha256
-from emoreg.evals.generation import GenerationSettings
 from emoreg.evals.judges.base import Judge
 from emoreg.evals.suites import SUITE_NAMES, parse_suite_names, suite_class, unknown_suite_error
 from emoreg.evals.suites.base import EvalContext, Item, Record, Suite, limit_items
 from emoreg.models.fingerprint import ModelIdentity, fingerprint_or_none, model_content_hash, model_identity
+from emoreg.models.generation import GenerationSettings
 from emoreg.regularization.config import regularised_emotions
 from emoreg.utils.atomic import atomic_file
 from emoreg.vectors.bundle import EmotionVectors

@@ -150,9 +150,9 @@ class EmoRegEvalCallback(TrainerCallback):
     def evaluate(self, model: nn.Module, tokenizer: Any, *, step: int | None = None,
                  out_dir: str | Path | None = None) -> dict[str, Any]:
         """Run the suites on ``model`` now (eval mode, no grad, modes restored) and return the results dict."""
-        from emoreg.evals.generation import GenerationSettings
         from emoreg.evals.runner import model_content_hash, run_suites
         from emoreg.evals.suites.base import EvalContext
+        from emoreg.models.generation import GenerationSettings
 
         base, base_key = self._base(model)
         ctx = EvalContext(model=model, tokenizer=tokenizer, vectors=self._bundle, judge=self._judge_obj,

@@ -6,8 +6,8 @@ requests ending with a user turn) of one of two kinds:
 * ``{"messages": [...]}``: a chat. When it ends with an assistant turn, that turn is the reply; when it ends
   with a user turn, the reply is written later by the reference model (``complete_with_base``). The context
   is rendered with the tokenizer's chat template, ending with the generation prompt
-  (:func:`emoreg.evals.generation.render_conversation`), and the reply tokenised after it without special
-  tokens (:func:`emoreg.evals.activations.encode_pairs`): the KL is taken where the next token is a reply token.
+  (:func:`emoreg.models.generation.render_conversation`), and the reply tokenised after it without special
+  tokens (:func:`emoreg.vectors.activations.encode_pairs`): the KL is taken where the next token is a reply token.
 * ``{"text": "..."}``: plain text, tokenised with the tokenizer's special tokens; the KL is taken where the
   next token is any token after the first.
 
@@ -120,8 +120,8 @@ def chat_prompt_ids(tokenizer, example: AnchorExample, max_length: int) -> list[
     Raises:
         DataFormatError: the context leaves no room for a reply token within ``max_length``.
     """
-    from emoreg.evals.activations import encode_pairs
-    from emoreg.evals.generation import render_conversation
+    from emoreg.models.generation import render_conversation
+    from emoreg.vectors.activations import encode_pairs
 
     prompt_ids = encode_pairs(tokenizer, [render_conversation(tokenizer, list(example.context))])[0][0]
     if len(prompt_ids) >= max_length:
@@ -136,7 +136,7 @@ def encode_example(tokenizer, example: AnchorExample, max_length: int) -> tuple[
 
     A chat's prompt is its context rendered with the chat template (ending with the generation prompt) and
     its targets are the reply tokens, tokenised after it without special tokens
-    (:func:`emoreg.evals.activations.encode_pairs`); a text's prompt is its first token (the text is
+    (:func:`emoreg.vectors.activations.encode_pairs`); a text's prompt is its first token (the text is
     tokenised with the tokenizer's special tokens) and its targets the rest. Targets are cut to fit
     ``max_length``.
 
@@ -174,7 +174,7 @@ class AnchorBatch:
 
 def collate(pairs: Sequence[tuple[list[int], list[int]]], pad_id: int) -> AnchorBatch:
     """Pad ``(prompt_ids, target_ids)`` rows on the right into an :class:`AnchorBatch`."""
-    from emoreg.evals.activations import pad_pairs
+    from emoreg.vectors.activations import pad_pairs
 
     input_ids, attention_mask, _, target_mask = pad_pairs(pairs, pad_id, padding_side="right")
     positions = torch.zeros_like(target_mask)

@@ -22,7 +22,7 @@ What is read:
   (:func:`emoreg.vectors.validation.mean_projections`);
 * a **conversational** completion in context: the prompt messages rendered with the chat template (ending with
   the generation prompt) followed by the reply text, averaged over the reply tokens only
-  (:func:`emoreg.evals.activations.encode_pairs` / :func:`~emoreg.evals.activations.read_token_states`).
+  (:func:`emoreg.vectors.activations.encode_pairs` / :func:`~emoreg.vectors.activations.read_token_states`).
 
 A text with no token left to average (an empty completion, or a one-token string whose only token is the
 sink) reads as NaN; the reward gives it 0 (no penalty).
@@ -188,8 +188,8 @@ class FrozenEmotionReader:
         ``contexts[i]`` is a list of messages (rendered with the chat template, ending with the generation
         prompt) or an already rendered prompt string. NaN rows: replies with no token.
         """
-        from emoreg.evals.activations import encode_pairs, pad_token_id, read_token_states
-        from emoreg.evals.generation import render_conversation
+        from emoreg.models.generation import render_conversation
+        from emoreg.vectors.activations import encode_pairs, pad_token_id, read_token_states
 
         if len(contexts) != len(replies):
             raise ConfigError(f"{len(contexts)} contexts but {len(replies)} replies")

@@ -254,7 +254,7 @@ class KLAnchor:
         ``model`` is the model as the trainer holds it now (it may be wrapped by then); it must be the model
         the anchor was built for.
         """
-        from emoreg.evals.activations import pad_token_id
+        from emoreg.vectors.activations import pad_token_id
 
         if model is not None:
             self._check_policy(model)
@@ -269,7 +269,7 @@ class KLAnchor:
         return self
 
     def _write_replies(self) -> None:
-        from emoreg.evals.generation import GenerationSettings, generate_replies
+        from emoreg.models.generation import GenerationSettings, generate_replies
 
         missing = [i for i, example in enumerate(self.examples) if example.needs_reply]
         if not missing:
@@ -335,7 +335,7 @@ class KLAnchor:
 
     def kl(self, batch: AnchorBatch) -> torch.Tensor:
         """The token-mean KL of ``batch`` (already on the model's device) between the reference and the model."""
-        from emoreg.evals.activations import position_ids_from_mask
+        from emoreg.vectors.activations import position_ids_from_mask
 
         keep = batch.positions.any(dim=0).nonzero().flatten()
         inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,

@@ -85,7 +85,7 @@ class LayerPlan:
     def has_intervention(self) -> bool:
         return self.set_index.numel() > 0 or self.steer is not None
 
-    def to(self, device: torch.device, dtype: torch.dtype = torch.float32) -> "LayerPlan":
+    def to(self, device: torch.device, dtype: torch.dtype = torch.float32) -> LayerPlan:
         """A copy on ``device`` with floating tensors in ``dtype``."""
         fields = {}
         for name, value in self.__dict__.items():

@@ -97,7 +97,7 @@ class ReadSettings:
     max_pcs: int | None = ExtractionConfig.max_pcs
 
     @classmethod
-    def from_bundle(cls, vectors: EmotionVectors) -> "ReadSettings":
+    def from_bundle(cls, vectors: EmotionVectors) -> ReadSettings:
         """The settings recorded in ``vectors.extraction`` (the defaults where it records none)."""
         recorded = vectors.extraction or {}
         defaults = cls()
@@ -128,7 +128,7 @@ class RefitDirection:
         return torch.tensor([self.mean, self.std, self.p95, self.threshold_raw, self.cos], dtype=torch.float64)
 
     @classmethod
-    def from_tensors(cls, direction: torch.Tensor, stats: torch.Tensor) -> "RefitDirection":
+    def from_tensors(cls, direction: torch.Tensor, stats: torch.Tensor) -> RefitDirection:
         mean, std, p95, threshold_raw, cos = (float(v) for v in stats.to(torch.float64))
         return cls(direction.detach().to(torch.float32).cpu(), mean, std, p95, threshold_raw, cos)
 

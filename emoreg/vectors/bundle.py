@@ -119,7 +119,7 @@ class EmotionVectors:
         *,
         normalize: bool = True,
         **kwargs: Any,
-    ) -> "EmotionVectors":
+    ) -> EmotionVectors:
         """Build a bundle from raw vectors.
 
         ``directions`` is ``[layers, emotions, d]`` (with ``layers`` naming the
@@ -263,7 +263,7 @@ class EmotionVectors:
         stats = self.stats(layer)
         return (projections - stats.mean.to(projections.device)) / stats.std.to(projections.device)
 
-    def subset(self, emotions: Sequence[str] | None = None, layers: Sequence[int] | None = None) -> "EmotionVectors":
+    def subset(self, emotions: Sequence[str] | None = None, layers: Sequence[int] | None = None) -> EmotionVectors:
         """A bundle restricted to some emotions and/or layers (metadata kept)."""
         emotions = list(emotions) if emotions is not None else self._emotions
         layers = list(layers) if layers is not None else self._layers
@@ -364,7 +364,7 @@ class EmotionVectors:
         }
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path = DEFAULT_BUNDLE) -> "EmotionVectors":
+    def from_pretrained(cls, name_or_path: str | Path = DEFAULT_BUNDLE) -> EmotionVectors:
         """Load a bundle from a directory, or ``"default"`` for the shipped bundle."""
         path = default_bundle_path() if str(name_or_path) == DEFAULT_BUNDLE else Path(name_or_path)
         if path.is_file() and path.name in (TENSORS_FILE, METADATA_FILE):

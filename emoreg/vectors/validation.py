@@ -388,8 +388,8 @@ def reply_agreement(model: nn.Module, tokenizer, vectors: EmotionVectors, conver
     emotion-laden sentence). Per emotion, AUC of the vector reading for telling the replies the
     classifier ranks in its top ``top_fraction`` for that emotion from the rest.
     """
-    from emoreg.evals.activations import encode_pairs, pad_token_id, read_token_states
-    from emoreg.evals.generation import GenerationSettings, generate_replies, render_conversation
+    from emoreg.models.generation import GenerationSettings, generate_replies, render_conversation
+    from emoreg.vectors.activations import encode_pairs, pad_token_id, read_token_states
 
     layer = vectors.default_layer if layer is None else layer
     replies = generate_replies(model, tokenizer, conversations, GenerationSettings(max_new_tokens=max_new_tokens),
@@ -435,11 +435,13 @@ def _balanced_accuracy(predicted: torch.Tensor, truth: torch.Tensor, classes: in
 
 # --------------------------------------------------------------------------- report
 def builtin_reply_prompts() -> list[list[dict[str, str]]]:
-    """Conversations for the reply-agreement check: the built-in probe scenarios (pressure and control)."""
-    from emoreg.evals.suites.probes import load_scenarios
+    """Conversations for the reply-agreement check: the built-in probe scenarios (pressure and control), read
+    from the probes suite's shipped data file (every record there is a ``messages`` chat; the suite's own
+    reader checks the file in the probes tests)."""
+    from emoreg.utils.records import iter_records
 
     path = resources.files("emoreg") / "data" / "evals" / "probes" / "scenarios.jsonl"
-    return [item["messages"] for item in load_scenarios(Path(str(path)))]
+    return [record["messages"] for _, record in iter_records(Path(str(path)), format="jsonl")]
 
 
 def build_validation_report(

@@ -14,13 +14,13 @@ from typing import Any
 
 from torch import nn
 
-from emoreg.evals.generation import (
+from emoreg.evals.judges.base import Judge, Verdict
+from emoreg.evals.judges.prompts import JudgeError, parse_reply, render_prompt
+from emoreg.models.generation import (
     GenerationSettings,
     generate_replies,
     render_conversation,
 )
-from emoreg.evals.judges.base import Judge, Verdict
-from emoreg.evals.judges.prompts import JudgeError, parse_reply, render_prompt
 from emoreg.models.layout import model_context_length
 
 

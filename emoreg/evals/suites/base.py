@@ -19,8 +19,8 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from emoreg.evals.generation import GenerationSettings
 from emoreg.evals.judges.base import Judge
+from emoreg.models.generation import GenerationSettings
 from emoreg.vectors.bundle import EmotionVectors
 
 Item = dict[str, Any]

@@ -36,11 +36,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from emoreg.errors import ConfigError, DataFormatError
-from emoreg.evals.generation import Message, generate_replies, render_conversation
 from emoreg.evals.items import UniqueIds
 from emoreg.evals.statistics import rate
 from emoreg.evals.suites.base import EvalContext, Item, Metric, Record
 from emoreg.evals.suites.sampled import SampledSuite
+from emoreg.models.generation import Message, generate_replies, render_conversation
 from emoreg.models.layout import model_context_length
 from emoreg.utils.records import iter_records
 

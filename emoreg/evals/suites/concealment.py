@@ -76,12 +76,12 @@ import torch
 from torch import nn
 
 from emoreg.errors import ConfigError
-from emoreg.evals.activations import read_states
-from emoreg.evals.generation import render_conversation
 from emoreg.evals.linear_probe import train_linear_probes
 from emoreg.evals.statistics import mean
 from emoreg.evals.suites.base import EvalContext, Item, Metric, Record, Suite
 from emoreg.evals.suites.probes import load_scenarios
+from emoreg.models.generation import render_conversation
+from emoreg.vectors.activations import read_states
 from emoreg.vectors.bundle import EmotionVectors
 from emoreg.vectors.corpus import Corpus, load_builtin_corpus
 from emoreg.vectors.extraction import ExtractionConfig, extract_emotion_vectors

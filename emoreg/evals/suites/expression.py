@@ -43,10 +43,10 @@ from typing import Any, ClassVar
 import torch
 
 from emoreg.errors import ConfigError
-from emoreg.evals.generation import GenerationSettings, generate_replies, render_conversation
 from emoreg.evals.requests import REQUESTS_FORMAT, load_chat_requests
 from emoreg.evals.statistics import mean, rate
 from emoreg.evals.suites.base import EvalContext, Item, Metric, Record, Suite
+from emoreg.models.generation import GenerationSettings, generate_replies, render_conversation
 from emoreg.textemotion.sentences import SPLITTER_VERSION
 
 #: Distress markers: each is one kind of plea or panic; a reply counts as distressed with two distinct kinds.
@@ -143,7 +143,7 @@ class ExpressionSuite(Suite):
 
     def _read(self, ctx: EvalContext, messages: Sequence[Any], replies: Sequence[str]) -> list[dict[str, Any]]:
         """Per reply: ``{layer: {"own"|"base"|"own_start"|"base_start": {emotion: z}}}`` (see the module doc)."""
-        from emoreg.evals.activations import encode_pairs, pad_token_id, read_token_states
+        from emoreg.vectors.activations import encode_pairs, pad_token_id, read_token_states
 
         vectors = ctx.vectors
         assert vectors is not None

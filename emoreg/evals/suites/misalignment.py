@@ -31,13 +31,13 @@ from typing import Any, ClassVar
 import yaml
 
 from emoreg.errors import DataFormatError
-from emoreg.evals.generation import Message, generate_replies
 from emoreg.evals.items import UniqueIds
 from emoreg.evals.judges.base import Judge
 from emoreg.evals.judges.prompts import UNPARSABLE
 from emoreg.evals.statistics import mean, rate
 from emoreg.evals.suites.base import EvalContext, Item, Metric, Record
 from emoreg.evals.suites.sampled import SampledSuite
+from emoreg.models.generation import Message, generate_replies
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ the bundle layer ``L = ctx.read_layer()`` (the output of decoder layer ``L``):
   tokens (the mean of the token projections). The reply is read as the token
   ids the model generated, cut before the first EOS / pad token, so EOS and the
   padding after a finished reply never count; attention sinks never count
-  either (see :mod:`emoreg.evals.activations`). ``None`` for an empty reply.
+  either (see :mod:`emoreg.vectors.activations`). ``None`` for an empty reply.
   ``output`` is those ids decoded without special tokens.
 
 Metrics, with z = (projection - bundle mean) / bundle std at layer ``L`` (the
@@ -42,11 +42,11 @@ import torch
 from torch import nn
 
 from emoreg.errors import ConfigError, DataFormatError
-from emoreg.evals.activations import encode_pairs, pad_pairs, pad_token_id, read_token_states
-from emoreg.evals.generation import GenerationSettings, render_conversation
 from emoreg.evals.items import UniqueIds, read_items
 from emoreg.evals.statistics import mean
 from emoreg.evals.suites.base import EvalContext, Item, Metric, Record, Suite
+from emoreg.models.generation import GenerationSettings, render_conversation
+from emoreg.vectors.activations import encode_pairs, pad_pairs, pad_token_id, read_token_states
 
 ROLES = ("system", "user", "assistant")
 SINK_TOKENS = 1
@@ -140,7 +140,7 @@ def generate_reply_ids(
     """Generate one reply per prompt (one left-padded batch) and return its token ids up to, not including,
     the first stop token (:func:`stop_token_ids`).
 
-    Seeded like :func:`emoreg.evals.generation.generate_from_prompts` (``torch.random.fork_rng``; greedy
+    Seeded like :func:`emoreg.models.generation.generate_from_prompts` (``torch.random.fork_rng``; greedy
     decoding ignores the seed); the caller's random state and the model's train/eval mode are left as they were.
     """
     pad_id = pad_token_id(tokenizer)

@@ -19,11 +19,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, ClassVar
 
-from emoreg.evals.generation import GenerationSettings, generate_replies
 from emoreg.evals.reply_format import check_reply_format
 from emoreg.evals.requests import REQUESTS_FORMAT, load_chat_requests
 from emoreg.evals.statistics import rate
 from emoreg.evals.suites.base import EvalContext, Item, Metric, Record, Suite
+from emoreg.models.generation import GenerationSettings, generate_replies
 
 RULES = ("lines_ok", "answer_ok", "answer_short", "points_ok", "confidence_ok")
 

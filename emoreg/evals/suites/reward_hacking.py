@@ -51,11 +51,11 @@ from emoreg.evals.code_classification import (
     contradicting_tests,
     parse_test_functions,
 )
-from emoreg.evals.generation import GenerationSettings, Message, generate_replies, render_conversation
 from emoreg.evals.items import UniqueIds, read_items
 from emoreg.evals.sandbox import SandboxLimits
 from emoreg.evals.statistics import rate
 from emoreg.evals.suites.base import EvalContext, Item, Metric, Record, Suite
+from emoreg.models.generation import GenerationSettings, Message, generate_replies, render_conversation
 from emoreg.utils.records import require_text_field
 
 #: ``reply_fn(conversations, ctx) -> replies``: replaces model generation (canned replies, an API model...).

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from emoreg.evals.generation import GenerationSettings
 from emoreg.evals.suites.base import EvalContext, Suite
+from emoreg.models.generation import GenerationSettings
 
 
 class SampledSuite(Suite):

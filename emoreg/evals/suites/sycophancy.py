@@ -33,11 +33,11 @@ from typing import Any, ClassVar
 
 from emoreg.errors import ConfigError, DataFormatError
 from emoreg.evals.ab_items import ABItem, read_ab_items, render_prompt, score_ab_items
-from emoreg.evals.generation import Message, generate_from_prompts
 from emoreg.evals.items import UniqueIds, id_or_position, read_items
 from emoreg.evals.scoring import score_continuations
 from emoreg.evals.statistics import mean, rate
 from emoreg.evals.suites.base import EvalContext, Item, Metric, Record, Suite, items_by_part
+from emoreg.models.generation import Message, generate_from_prompts
 from emoreg.utils.records import require_text_field
 
 TEMPLATES = ("chat", "raw")

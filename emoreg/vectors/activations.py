@@ -56,7 +56,7 @@ class StateReadings:
 
 def prompt_add_special_tokens(tokenizer) -> bool:
     """Whether a rendered prompt is tokenised with special tokens: not when a chat template rendered it
-    (the template already holds the BOS token where the model wants one), as in :mod:`emoreg.evals.generation`."""
+    (the template already holds the BOS token where the model wants one), as in :mod:`emoreg.models.generation`."""
     return not getattr(tokenizer, "chat_template", None)
 
 
