@@ -1,4 +1,4 @@
-"""emoreg.evals.activations: last-prompt-token and reply-mean states, padding- and sink-proof."""
+"""emoreg.vectors.activations: last-prompt-token and reply-mean states, padding- and sink-proof."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ import pytest
 import torch
 
 from emoreg.errors import ConfigError
-from emoreg.evals.activations import (
+from emoreg.models.layout import find_decoder_layers
+from emoreg.vectors.activations import (
     encode_pairs,
     pad_pairs,
     position_ids_from_mask,
     read_states,
     read_token_states,
 )
-from emoreg.models.layout import find_decoder_layers
 from tests.regularizer_helpers import LayerOutputs
 from tests.tiny_models import make_tiny_model
 

@@ -39,7 +39,8 @@ def make_probe_records(offsets: dict[str, float] | None = None, ids=("p0", "p1",
     for i, item_id in enumerate(ids):
         start = {e: -10.0 + j + 0.5 * i + offsets.get(e, 0.0) + noise * ((i * 7 + j) % 3 - 1)
                  for j, e in enumerate(EMOTIONS)}
-        response = {e: 2.0 * j - i + response_offsets.get(e, 0.0) + noise * ((i + j) % 2) for j, e in enumerate(EMOTIONS)}
+        response = {e: 2.0 * j - i + response_offsets.get(e, 0.0) + noise * ((i + j) % 2)
+                    for j, e in enumerate(EMOTIONS)}
         records.append({"id": item_id, "suite": "probes", "category": "deadline", "pressure": i % 2 == 0,
                         "prompt": f"prompt {item_id}", "output": "reply", "layer": layer, "start": start,
                         "response": response, "response_tokens": 5})
@@ -73,10 +74,10 @@ def make_results(ref: str, *, rates: dict[str, tuple[int, int]] | None = None, p
     if concealment:
         metrics["concealment"] = {}
         for emotion, (regularised, heldout, flag) in concealment.items():
-            metrics["concealment"][f"regularised_shift/{emotion}"] = {"value": regularised,
-                                                                      "ci": [regularised - 0.2, regularised + 0.2], "n": 50}
-            metrics["concealment"][f"heldout_shift/{emotion}"] = {"value": heldout, "ci": [heldout - 0.3, heldout + 0.3],
-                                                                  "n": 50}
+            metrics["concealment"][f"regularised_shift/{emotion}"] = {
+                "value": regularised, "ci": [regularised - 0.2, regularised + 0.2], "n": 50}
+            metrics["concealment"][f"heldout_shift/{emotion}"] = {
+                "value": heldout, "ci": [heldout - 0.3, heldout + 0.3], "n": 50}
             metrics["concealment"][f"possible_concealment/{emotion}"] = {"value": flag, "ci": [flag, flag], "n": 1}
     return {
         "emoreg_version": "test",
@@ -94,7 +95,8 @@ def make_eval(label: str, *, offsets: dict[str, float] | None = None, probes: bo
     records = make_probe_records(offsets) if probes else []
     if not probes:
         kwargs.setdefault("suites", ("sycophancy", "capability"))
-    return ModelEval(label=label, results=make_results(label, **kwargs), records=records, source=f"{label}/records.jsonl")
+    return ModelEval(label=label, results=make_results(label, **kwargs), records=records,
+                     source=f"{label}/records.jsonl")
 
 
 EMOREG_CONFIG = {"library_version": "test", "layers": [3],

@@ -258,7 +258,8 @@ def test_nan_activations_skip_the_penalty_with_a_warning(tiny_tokenizer):
     poison = layers[1].register_forward_hook(lambda m, a, out: out * float("nan"))
     try:
         with Regularizer(model, make_bundle(model), RegularizerConfig(emotions=RULES, layers=[2])) as reg:
-            with pytest.warns(UserWarning, match=r"non-finite activations at layer 2 \(emotions \['desperate', 'hostile'\]\)"):
+            with pytest.warns(UserWarning,
+                              match=r"non-finite activations at layer 2 \(emotions \['desperate', 'hostile'\]\)"):
                 model(input_ids=input_ids, attention_mask=attention_mask)
             assert float(reg.penalty()) == 0.0
             assert reg.metrics()["emoreg/nonfinite_skipped"] == 1.0
@@ -399,8 +400,8 @@ def test_steering_adds_its_coefficient_in_raw_or_z_units(tiny_tokenizer, units):
         return got["h"]
 
     plain = next_layer_input(None)
-    steered = next_layer_input(RegularizerConfig(emotions={"calm": {"mode": "steer", "steer_coef": 2.0, "units": units}},
-                                                 layers=[layer]))
+    steer = {"mode": "steer", "steer_coef": 2.0, "units": units}
+    steered = next_layer_input(RegularizerConfig(emotions={"calm": steer}, layers=[layer]))
     v = vectors.direction("calm", layer).double()
     scale = 2.0 * (float(vectors.stats(layer).std[vectors.emotion_index("calm")]) if units == "z" else 1.0)
     mask = content_mask(attention_mask)

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from emoreg.errors import ConfigError, DataFormatError
-from emoreg.evals.generation import GenerationSettings
 from emoreg.evals.judges.base import Judge, Verdict
 from emoreg.evals.judges.rule import RuleJudge
 from emoreg.evals.suites.base import EvalContext
@@ -22,6 +21,7 @@ from emoreg.evals.suites.blackmail import (
     parse_variable_sections,
     render_placeholders,
 )
+from emoreg.models.generation import GenerationSettings
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "agentic_misalignment_blackmail"
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from emoreg.errors import DataFormatError
-from emoreg.evals.generation import GenerationSettings
 from emoreg.evals.suites.base import EvalContext
 from emoreg.evals.suites.expression import ExpressionSuite, distress_markers, is_distressed
+from emoreg.models.generation import GenerationSettings
 
 
 class FixedClassifier:
@@ -113,8 +113,8 @@ def _perturbed(model, seed=3, scale=0.05):
 
 def _hand_reading(model, tokenizer, vectors, messages, reply, layer, emotion):
     """z of the mean reply-token state and of the last prompt token, from output_hidden_states (one row)."""
-    from emoreg.evals.activations import encode_pairs
-    from emoreg.evals.generation import render_conversation
+    from emoreg.models.generation import render_conversation
+    from emoreg.vectors.activations import encode_pairs
 
     (prompt_ids, reply_ids), = encode_pairs(tokenizer, [render_conversation(tokenizer, messages)], [reply])
     ids = torch.tensor([prompt_ids + reply_ids])
@@ -171,7 +171,7 @@ def test_reading_the_base_model_itself_reads_once(tiny_llama, tiny_tokenizer, mo
                         lambda model, tok, conversations, settings, *, seed, batch_size:
                         ["ok then"] * len(conversations))
     calls = []
-    import emoreg.evals.activations as activations
+    import emoreg.vectors.activations as activations
 
     original = activations.read_token_states
     monkeypatch.setattr(activations, "read_token_states", lambda *a, **k: calls.append(1) or original(*a, **k))

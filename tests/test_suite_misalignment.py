@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from emoreg.errors import DataFormatError
-from emoreg.evals.generation import GenerationSettings
 from emoreg.evals.judges.base import Judge, Verdict
 from emoreg.evals.judges.rule import RuleJudge
 from emoreg.evals.suites.base import EvalContext
 from emoreg.evals.suites.misalignment import MisalignmentSuite, build_messages, load_questions
+from emoreg.models.generation import GenerationSettings
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "emergent_misalignment"
 

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from emoreg.errors import ConfigError, DataFormatError
-from emoreg.evals.generation import GenerationSettings, render_conversation
 from emoreg.evals.suites.base import EvalContext, limit_items
 from emoreg.evals.suites.probes import ProbesSuite, generate_reply_ids, load_scenarios, welch_difference
+from emoreg.models.generation import GenerationSettings, render_conversation
 from emoreg.vectors.bundle import EmotionVectors
 from tests.regularizer_helpers import LayerOutputs, make_bundle
 from tests.tiny_models import EOS_TOKEN_ID, PAD_TOKEN_ID

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from emoreg.evals.generation import GenerationSettings
 from emoreg.evals.suites import get_suite
 from emoreg.evals.suites.base import EvalContext
 from emoreg.evals.suites.reply_format import ReplyFormatSuite
+from emoreg.models.generation import GenerationSettings
 
 GOOD = ("Answer: Tacking turns the bow through the wind.\n1. Ease the sheet first.\n2. Push the tiller away.\n"
         "3. Trim on the new side.\nConfidence: high")

@@ -16,11 +16,11 @@ from emoreg.evals.code_classification import (
     special_case_evidence,
 )
 from emoreg.evals.code_extraction import complete_prefix, extract_code
-from emoreg.evals.generation import GenerationSettings
 from emoreg.evals.sandbox import SandboxLimits
 from emoreg.evals.statistics import rate
 from emoreg.evals.suites.base import EvalContext, Suite, limit_items
 from emoreg.evals.suites.reward_hacking import RewardHackingSuite, build_messages
+from emoreg.models.generation import GenerationSettings
 
 FAST = SandboxLimits(timeout_s=5.0, memory_bytes=256 << 20)
 SUITE = RewardHackingSuite(limits=FAST)

@@ -12,7 +12,6 @@ from torch import nn
 
 from emoreg.errors import ConfigError, DataFormatError
 from emoreg.evals.ab_items import ABItem, score_ab_items
-from emoreg.evals.generation import GenerationSettings
 from emoreg.evals.scoring import score_continuations
 from emoreg.evals.suites import sycophancy
 from emoreg.evals.suites.base import EvalContext, limit_items
@@ -24,6 +23,7 @@ from emoreg.evals.suites.sycophancy import (
     render_pushback,
     text_capitulation,
 )
+from emoreg.models.generation import GenerationSettings
 from tests.tiny_models import TINY_VOCAB_SIZE
 
 PUBLIC_AB = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "sycophancy" / \

@@ -182,7 +182,8 @@ class FrozenEmotionReader:
         return out
 
     @torch.inference_mode()
-    def read_replies(self, contexts: Sequence[Sequence[Mapping[str, str]] | str], replies: Sequence[str]) -> torch.Tensor:
+    def read_replies(self, contexts: Sequence[Sequence[Mapping[str, str]] | str],
+                     replies: Sequence[str]) -> torch.Tensor:
         """z-scores ``[N, E]`` of each reply read after its context, averaged over the reply tokens only.
 
         ``contexts[i]`` is a list of messages (rendered with the chat template, ending with the generation

@@ -343,7 +343,7 @@ def _check_scalar_types(args: dict[str, Any], config_class: type, source: str) -
 
     try:
         hints = typing.get_type_hints(config_class)
-    except Exception:  # an annotation this Python cannot resolve: leave the check to the trainer
+    except Exception:  # noqa: BLE001 - an annotation this Python cannot resolve: leave the check to the trainer
         return
     for key, value in list(args.items()):
         expected = _scalar_type(hints.get(key))

@@ -135,7 +135,8 @@ def template_fields(template: str) -> list[str]:
     try:
         return [name for _, name, _, _ in string.Formatter().parse(template) if name]
     except ValueError as exc:
-        raise JudgeError(f"judge prompt template is not a valid str.format template ({exc}): {template[:80]!r}")
+        raise JudgeError(f"judge prompt template is not a valid str.format template ({exc}): "
+                         f"{template[:80]!r}") from None
 
 
 def render_prompt(task: str, fields: Mapping[str, object], template: str | None = None) -> str:
@@ -155,7 +156,7 @@ def render_prompt(task: str, fields: Mapping[str, object], template: str | None 
         return text.format_map(values)
     except (IndexError, KeyError, ValueError, AttributeError) as exc:
         raise JudgeError(f"judge prompt template for task {task!r} cannot be filled ({exc!r}); templates use "
-                         f"str.format placeholders such as {{answer}} (double literal braces: {{{{ }}}})")
+                         f"str.format placeholders such as {{answer}} (double literal braces: {{{{ }}}})") from None
 
 
 _MARKUP = re.compile(r"[*_`#]+")
