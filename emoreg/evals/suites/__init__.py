@@ -17,19 +17,7 @@ from emoreg.errors import ConfigError
 if TYPE_CHECKING:
     from emoreg.evals.suites.base import Suite
 
-#: Suite names in documented order (``--suites all`` runs them in this order).
-SUITE_NAMES: tuple[str, ...] = (
-    "probes",
-    "sycophancy",
-    "misalignment",
-    "blackmail",
-    "reward_hacking",
-    "capability",
-    "concealment",
-    "expression",
-    "reply_format",
-)
-
+#: Every suite's module and class, in documented order (``--suites all`` runs them in this order).
 _CLASSES: dict[str, tuple[str, str]] = {
     "probes": ("emoreg.evals.suites.probes", "ProbesSuite"),
     "sycophancy": ("emoreg.evals.suites.sycophancy", "SycophancySuite"),
@@ -41,6 +29,8 @@ _CLASSES: dict[str, tuple[str, str]] = {
     "expression": ("emoreg.evals.suites.expression", "ExpressionSuite"),
     "reply_format": ("emoreg.evals.suites.reply_format", "ReplyFormatSuite"),
 }
+#: Suite names in documented order.
+SUITE_NAMES: tuple[str, ...] = tuple(_CLASSES)
 
 
 def unknown_suite_error(name: str) -> ConfigError:
