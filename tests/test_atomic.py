@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from emoreg.utils.atomic import atomic_directory, atomic_file
@@ -120,3 +122,37 @@ def test_a_foreign_directory_appearing_during_the_work_is_not_replaced(tmp_path)
             (target / "theirs").write_text("theirs")
     assert (target / "theirs").read_text() == "theirs"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_unwritable_locations_are_refused_before_any_work(tmp_path, monkeypatch):
+    """Checked with os.access (this also holds when the tests run as root, where chmod does not stop writes)."""
+    import emoreg.utils.atomic as atomic
+    from emoreg.errors import ConfigError
+    from emoreg.utils.atomic import check_file_target, check_replaceable
+
+    monkeypatch.setattr(atomic.os, "access", lambda path, mode: Path(path) != tmp_path)
+    with pytest.raises(ConfigError, match=r"cannot write an emoreg bundle to .*/new/bundle: .* is not writable"):
+        check_replaceable(tmp_path / "new" / "bundle", lambda p: False, "an emoreg bundle")
+    with pytest.raises(ConfigError, match=r"cannot write the scan output to .*scores.jsonl: .* is not writable"):
+        check_file_target(tmp_path / "scores.jsonl", "the scan output")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_extract_refuses_an_unwritable_out_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    import emoreg.utils.atomic as atomic
+    from emoreg.cli.main import main
+    from emoreg.models import loading
+
+    stories = tmp_path / "s.jsonl"
+    stories.write_text("".join(f'{{"emotion": "{e}", "text": "{e} story {i}."}}\n'
+                               for e in ("calm", "desperate") for i in range(2)))
+    neutral = tmp_path / "n.jsonl"
+    neutral.write_text('{"text": "The bus comes at nine."}\n{"text": "Shops open at ten."}\n')
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    monkeypatch.setattr(atomic.os, "access", lambda path, mode: Path(path) != readonly)
+    monkeypatch.setattr(loading, "load_model_and_tokenizer",
+                        lambda *a, **k: pytest.fail("the model loaded before --out was checked"))
+    assert main(["extract", "--out", str(readonly / "b"), "--no-builtin-stories", "--stories", str(stories),
+                 "--neutral", str(neutral), "--layers", "1", "--no-validate", "--threads", "1"]) == 2
+    assert "is not writable" in capsys.readouterr().err
