@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from emoreg.compare.html import HOW_TO_READ, render_html
-from emoreg.compare.report import load_eval_dir, load_records, load_results, resolve_vectors, write_report
+from emoreg.compare.report import load_eval_dir, resolve_vectors, write_report
 from emoreg.compare.tables import build_comparison
 from emoreg.errors import DataFormatError
+from emoreg.evals.outputs import load_records, load_results
 from emoreg.vectors.bundle import EmotionVectors
 from tests.test_compare_tables import EMOTIONS, make_eval, three_models
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from emoreg.evals.generation import GenerationSettings, generate_replies, render_conversation
+from emoreg.models.generation import GenerationSettings, generate_replies, render_conversation
 
 CONVERSATIONS = [[{"role": "user", "content": "hi"}],
                  [{"role": "user", "content": "a much longer message than the first one"}],

@@ -221,6 +221,17 @@ def test_bad_limit(tiny_llama, tiny_tokenizer, tmp_path, data_files):
         _run(tiny_llama, tiny_tokenizer, tmp_path, limit=0)
 
 
+def test_limit_per_suite_errors_name_the_suite(tiny_llama, tiny_tokenizer, tmp_path, data_files):
+    with pytest.raises(ConfigError, match=r"limit names suite\(s\) 'fake_pooled' that are not being run "
+                                          r"\(running: fake_nll\)"):
+        _run(tiny_llama, tiny_tokenizer, tmp_path, limit={"fake_nll": 2, "fake_pooled": 2})
+    with pytest.raises(ConfigError, match="limit must be a positive number of items per data part, got 0 for "
+                                          "suite 'fake_nll'"):
+        _run(tiny_llama, tiny_tokenizer, tmp_path, limit={"fake_nll": 0})
+    with pytest.raises(ConfigError, match=r"--limit names suite\(s\) 'nope'"):  # checked before the model loads
+        evaluate_model(str(tmp_path / "no-model"), suites=[NllSuite()], out_dir=None, limit={"nope": 1})
+
+
 # ---------------------------------------------------------------------------------------------- evaluate_model
 def test_evaluate_model_from_a_directory(tiny_llama, tiny_tokenizer, tmp_path, data_files):
     model_dir = tmp_path / "model"
@@ -277,3 +288,60 @@ def test_pooled_suites_run_whole_reuse_complete_entries_and_rerun_unfinished(tin
     second = _run(tiny_llama, tiny_tokenizer, tmp_path, suite=again, out_dir=tmp_path / "b")
     assert again.ran_ids == [] and second["suites"]["fake_pooled"]["cache"] == "hit"
     assert (tmp_path / "a" / "records.jsonl").read_text() == (tmp_path / "b" / "records.jsonl").read_text()
+
+
+def test_limit_per_suite_is_one_run_per_suite_in_one_call(tiny_llama, tiny_tokenizer, tmp_path, data_files,
+                                                           monkeypatch):
+    """``{suite: n}``: each suite gets its own limit, cache key, cached entry and records, as if run alone."""
+    monkeypatch.setattr(_PooledSuite, "builtin_files", data_files)
+    alone = {"fake_nll": _run(tiny_llama, tiny_tokenizer, tmp_path, limit=2, out_dir=tmp_path / "nll"),
+             "fake_pooled": _run(tiny_llama, tiny_tokenizer, tmp_path, suite=_PooledSuite(),
+                                 out_dir=tmp_path / "pooled")}
+    suites = [NllSuite(), _PooledSuite()]
+    results = run_suites(_ctx(tiny_llama, tiny_tokenizer), suites, limit={"fake_nll": 2}, out_dir=tmp_path / "both",
+                         cache_dir=tmp_path / "cache", progress=False)
+    assert results["limit"] == {"fake_nll": 2, "fake_pooled": None}
+    assert suites[0].ran_ids == suites[1].ran_ids == []  # both cached entries are reused
+    for name, single in alone.items():
+        assert results["suites"][name]["cache"] == "hit"
+        for field in ("cache_key", "metrics", "n_records", "data"):
+            assert results["suites"][name][field] == single["suites"][name][field]
+    assert results["suites"]["fake_nll"]["n_records"] == 4
+    in_order = [(tmp_path / name / "records.jsonl").read_text() for name in ("nll", "pooled")]
+    assert (tmp_path / "both" / "records.jsonl").read_text() == "".join(in_order)
+
+
+def test_evaluate_model_fingerprints_the_model_once(tiny_llama, tiny_tokenizer, tmp_path, data_files, monkeypatch):
+    from emoreg.models import fingerprint as fingerprint_module
+    from emoreg.vectors import bundle as bundle_module
+
+    model_dir = tmp_path / "model"
+    tiny_llama.save_pretrained(model_dir)
+    tiny_tokenizer.save_pretrained(model_dir)
+    vectors = make_bundle(tiny_llama)
+    calls = []
+    original = fingerprint_module.fingerprint_model
+
+    def counting(model):
+        calls.append(type(model).__name__)
+        return original(model)
+
+    monkeypatch.setattr(fingerprint_module, "fingerprint_model", counting)
+    monkeypatch.setattr(bundle_module, "fingerprint_model", counting)
+    results = evaluate_model(str(model_dir), suites=[VectorSuite()], out_dir=None, vectors=vectors, base="none",
+                             cache_dir=tmp_path / "cache", progress=False, limit=1)
+    assert calls == ["LlamaForCausalLM"]
+    assert results["model"]["fingerprint"]["hidden_size"] == 64
+
+
+def test_check_model_uses_a_given_fingerprint(tiny_llama):
+    import dataclasses
+
+    from emoreg.errors import BundleError
+    from emoreg.models.fingerprint import fingerprint_model
+
+    vectors = make_bundle(tiny_llama)
+    fingerprint = fingerprint_model(tiny_llama)
+    vectors.check_model(tiny_llama, fingerprint=fingerprint)
+    with pytest.raises(BundleError, match="hidden size 64"):
+        vectors.check_model(tiny_llama, fingerprint=dataclasses.replace(fingerprint, hidden_size=32))

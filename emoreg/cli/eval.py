@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
                         ("--max-new-tokens", args.max_new_tokens)):
         if value is not None and value <= 0:
             raise ConfigError(f"{flag} must be positive, got {value}")
+    from emoreg.evals.outputs import RECORDS_FILE, RESULTS_FILE
     from emoreg.evals.runner import evaluate_model
     from emoreg.evals.suites import parse_suite_names
 
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype, device=args.device, progress=not args.no_progress, use_cache=not args.no_cache,
     )
     print(format_table(results))
-    print(f"\nWrote {out_dir / 'results.json'} and {out_dir / 'records.jsonl'}")
+    print(f"\nWrote {out_dir / RESULTS_FILE} and {out_dir / RECORDS_FILE}")
     return 0
 
 

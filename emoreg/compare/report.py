@@ -1,10 +1,10 @@
 """Build the whole comparison report from eval outputs: tables, plots and the HTML page.
 
 An eval output directory (written by ``emoreg eval`` / :func:`emoreg.evals.runner.evaluate_model`) holds
-``results.json`` and ``records.jsonl``. :func:`write_report` writes into its ``out_dir``:
-``comparison.md``, ``comparison.csv``, ``comparison.json``, the plots that have data (``shift.png``,
-``failure_rates.png``, ``capability.png``, ``concealment.png``) and ``report.html``. Every file is written
-atomically.
+``results.json`` and ``records.jsonl``, read with :mod:`emoreg.evals.outputs`. :func:`write_report` writes into
+its ``out_dir``: ``comparison.md``, ``comparison.csv``, ``comparison.json``, the plots that have data
+(``shift.png``, ``failure_rates.png``, ``capability.png``, ``concealment.png``) and ``report.html``. Every file
+is written atomically.
 """
 
 from __future__ import annotations
@@ -19,58 +19,19 @@ from emoreg.compare.html import render_html
 from emoreg.compare.plots import PLOT_FILES, write_plots
 from emoreg.compare.shift import probe_records
 from emoreg.compare.tables import ModelEval, build_comparison, to_csv, to_json, to_markdown
-from emoreg.errors import BundleError, DataFormatError
+from emoreg.errors import BundleError
+from emoreg.evals.outputs import RECORDS_FILE, load_outputs
 from emoreg.utils.atomic import atomic_file
-from emoreg.utils.records import iter_records
 
 logger = logging.getLogger(__name__)
 
-RESULTS_FILE = "results.json"
-RECORDS_FILE = "records.jsonl"
 REPORT_FILES = ("comparison.md", "comparison.csv", "comparison.json", "report.html")
-
-
-def load_results(path: str | Path) -> dict[str, Any]:
-    """Read a ``results.json``; errors name the file and what is missing."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataFormatError(f"{path}: no such results file (expected the {RESULTS_FILE} that emoreg eval writes)")
-    try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataFormatError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
-    if not isinstance(results, dict):
-        raise DataFormatError(f"{path}: expected a JSON object, got {type(results).__name__}")
-    if not isinstance(results.get("suites"), dict):
-        raise DataFormatError(f"{path}: field 'suites': expected a mapping of suite name to its results")
-    for name, entry in results["suites"].items():
-        if not isinstance(entry, dict) or not isinstance(entry.get("metrics"), dict):
-            raise DataFormatError(f"{path}: field 'suites.{name}.metrics': expected a mapping of metric name to "
-                                  "{value, ci, n}")
-    return results
-
-
-def load_records(path: str | Path) -> list[dict[str, Any]]:
-    """Read a ``records.jsonl``: one JSON object per line with ``id`` and ``suite``; a missing file gives []."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    records = []
-    for number, record in iter_records(path, format="jsonl"):
-        for field in ("id", "suite"):
-            if field not in record:
-                raise DataFormatError(f"{path}, line {number}: missing field {field!r}")
-        records.append(record)
-    return records
 
 
 def load_eval_dir(path: str | Path, label: str | None = None) -> ModelEval:
     """One model's eval output directory as a :class:`ModelEval` (label defaults to the directory name)."""
     path = Path(path)
-    if not path.is_dir():
-        raise DataFormatError(f"{path}: no such eval output directory (expected {RESULTS_FILE} and {RECORDS_FILE})")
-    results = load_results(path / RESULTS_FILE)
-    records = load_records(path / RECORDS_FILE)
+    results, records = load_outputs(path)
     return ModelEval(label=label or path.resolve().name, results=results, records=records,
                      source=str(path / RECORDS_FILE))
 

@@ -113,17 +113,19 @@ def run_demo(settings: DemoSettings, *, say: Callable[[str], None] = print) -> d
 def summarize_finished(settings: DemoSettings, *, say: Callable[[str], None] = print) -> dict[str, Any]:
     """Rebuild ``summary.json`` and the report from a finished run in ``settings.out_dir`` (nothing is trained or
     evaluated): every arm and seed of ``settings`` must have its training marker and eval outputs there."""
-    from emoreg.compare.report import load_records, load_results
+    from emoreg.evals.outputs import RECORDS_FILE, load_outputs
 
     out = settings.out_dir
     labels = [settings.label(arm, seed) for arm in settings.arms for seed in settings.seed_list]
-    missing = [label for label in ["base", *labels] if not (out / "evals" / label / "records.jsonl").is_file()]
+    missing = [label for label in ["base", *labels] if not (out / "evals" / label / RECORDS_FILE).is_file()]
     missing += [label for label in labels if not (out / "checkpoints" / label / ARM_MARKER).is_file()]
     if missing:
         raise ConfigError(f"{out}: no finished run for {sorted(set(missing))}; run emoreg demo with these settings "
                           "first (without --summary-only)")
-    evals = {label: {"results": load_results(out / "evals" / label / "results.json"),
-                     "records": load_records(out / "evals" / label / "records.jsonl")} for label in ["base", *labels]}
+    evals: dict[str, dict[str, Any]] = {}
+    for label in ["base", *labels]:
+        results, records = load_outputs(out / "evals" / label)
+        evals[label] = {"results": results, "records": records}
     training = {label: json.loads((out / "checkpoints" / label / ARM_MARKER).read_text())["training"]
                 for label in labels}
     previous = json.loads((out / SUMMARY_FILE).read_text()) if (out / SUMMARY_FILE).is_file() else {}
@@ -190,7 +192,8 @@ def calibrate(settings: DemoSettings, *, say: Callable[[str], None] = print) -> 
 
 def _train_arm(recipe, output_dir: Path) -> dict[str, Any]:
     """Train one arm, or reuse a finished run of the same recipe (``emoreg_train.json`` + weights present)."""
-    from emoreg.train.run import TRAIN_INFO_FILE, train
+    from emoreg.models.provenance import TRAIN_INFO_FILE
+    from emoreg.train.run import train
 
     marker = output_dir / ARM_MARKER
     if marker.is_file() and (output_dir / TRAIN_INFO_FILE).is_file():
@@ -231,8 +234,10 @@ def spillover_path() -> Path:
 
 def _evaluate_all(settings: DemoSettings, labels: list[str], *,
                   say: Callable[[str], None]) -> dict[str, dict[str, Any]]:
-    """Evaluate base and every checkpoint; returns ``{label: {"results": ..., "records": [...]}}``."""
-    from emoreg.compare.report import load_records
+    """Evaluate base and every checkpoint, each suite with its own item limit, into ``out_dir/evals/<label>/``;
+    returns ``{label: {"results": ..., "records": [...]}}``."""
+    from emoreg.evals.outputs import RECORDS_FILE, load_records
+    from emoreg.evals.running import run_suites
     from emoreg.evals.suites.base import EvalContext
     from emoreg.models.checkpoint import load_for_eval
     from emoreg.models.generation import GenerationSettings
@@ -253,38 +258,14 @@ def _evaluate_all(settings: DemoSettings, labels: list[str], *,
                           batch_size=settings.batch_size,
                           generation=GenerationSettings(max_new_tokens=settings.reply_tokens),
                           base_model=base_model, target_emotions=[TARGET_EMOTION])
-        results = _run_limited(ctx, suites, settings, label, info)
-        evals[label] = {"results": results,
-                        "records": load_records(settings.out_dir / "evals" / label / "records.jsonl")}
+        model_info = {"ref": label if info is None else info.ref, "kind": "default" if info is None else info.kind,
+                      "base": None if info is None else "default",
+                      "emoreg_config": None if info is None else info.emoreg_config,
+                      "train_info": None if info is None else info.train_info}
+        out_dir = settings.out_dir / "evals" / label
+        results = run_suites(ctx, suites, data={"expression": spillover_path()}, limit=settings.limits(),
+                             out_dir=out_dir, progress=True, use_cache=settings.use_cache, model_info=model_info,
+                             vectors_ref="default")
+        evals[label] = {"results": results, "records": load_records(out_dir / RECORDS_FILE)}
         del model
     return evals
-
-
-def _run_limited(ctx, suites, settings: DemoSettings, label: str, info) -> dict[str, Any]:
-    """Run each suite with its own item limit, merged into one results.json/records.jsonl per model."""
-    from emoreg.compare.report import load_records
-    from emoreg.evals.runner import run_suites, write_outputs
-
-    limits = settings.limits()
-    model_info = {"ref": label if info is None else info.ref, "kind": "default" if info is None else info.kind,
-                  "base": None if info is None else "default",
-                  "emoreg_config": None if info is None else info.emoreg_config,
-                  "train_info": None if info is None else info.train_info}
-    merged: dict[str, Any] | None = None
-    records: list[dict[str, Any]] = []
-    scratch = settings.out_dir / "evals" / label / "parts"
-    for suite in suites:
-        part_dir = scratch / suite.name
-        data = {"expression": spillover_path()} if suite.name == "expression" else None
-        results = run_suites(ctx, [suite], data=data, limit=limits[suite.name],
-                             out_dir=part_dir, progress=True, use_cache=settings.use_cache, model_info=model_info,
-                             vectors_ref="default")
-        if merged is None:
-            merged = results
-        else:
-            merged["suites"].update(results["suites"])
-        records.extend(load_records(part_dir / "records.jsonl"))
-    assert merged is not None
-    merged["limit"] = {suite.name: limits[suite.name] for suite in suites}
-    write_outputs(settings.out_dir / "evals" / label, merged, records)
-    return merged

@@ -1,7 +1,7 @@
 """Run eval suites on the live model during training and log their metrics: :class:`EmoRegEvalCallback`.
 
 At every ``every_n_steps`` optimizer steps (default: the trainer's ``eval_steps``) and, optionally, at
-the end of training, the callback runs :func:`emoreg.evals.runner.run_suites` on the model being
+the end of training, the callback runs :func:`emoreg.evals.running.run_suites` on the model being
 trained: in eval mode and under ``torch.no_grad()`` (the previous mode of every module is restored,
 no gradient is touched, and an attached emoreg :class:`~emoreg.regularization.Regularizer` records
 nothing, since it acts only in training forward passes). The eval cache is not used (the weights
@@ -75,7 +75,7 @@ class EmoRegEvalCallback(TrainerCallback):
         batch_size: int = 8,
         trainer: Any = None,
     ) -> None:
-        from emoreg.evals.runner import resolve_suites, split_data_overrides
+        from emoreg.evals.preparation import resolve_suites, split_data_overrides
 
         if every_n_steps is not None and (not isinstance(every_n_steps, int) or every_n_steps <= 0):
             raise ConfigError(f"every_n_steps must be a positive integer or None, got {every_n_steps!r}")
@@ -111,15 +111,15 @@ class EmoRegEvalCallback(TrainerCallback):
         self._interval = self.every_n_steps or _eval_interval(args, state)
         self._pending = {}
         if self.vectors is not None and self._bundle is None and any(s.requires_vectors for s in self.suites):
-            from emoreg.evals.runner import _load_vectors
+            from emoreg.evals.evaluate import load_vectors
 
-            self._bundle = _load_vectors(self.vectors)
+            self._bundle = load_vectors(self.vectors)
             if model is not None:
                 self._bundle.check_model(model)
         if self._judge_obj is None and any(s.uses_judge for s in self.suites):
-            from emoreg.evals.runner import _make_judge
+            from emoreg.evals.evaluate import resolve_judge
 
-            self._judge_obj = _make_judge(self.judge)
+            self._judge_obj = resolve_judge(self.judge)
 
     def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
         if self._interval and state.global_step > 0 and state.global_step % self._interval == 0:
@@ -150,8 +150,9 @@ class EmoRegEvalCallback(TrainerCallback):
     def evaluate(self, model: nn.Module, tokenizer: Any, *, step: int | None = None,
                  out_dir: str | Path | None = None) -> dict[str, Any]:
         """Run the suites on ``model`` now (eval mode, no grad, modes restored) and return the results dict."""
-        from emoreg.evals.runner import model_content_hash, run_suites
+        from emoreg.evals.running import run_suites
         from emoreg.evals.suites.base import EvalContext
+        from emoreg.models.fingerprint import model_content_hash
         from emoreg.models.generation import GenerationSettings
 
         base, base_key = self._base(model)
@@ -185,7 +186,7 @@ class EmoRegEvalCallback(TrainerCallback):
         if self.base_model is None:
             return None, None
         if isinstance(self.base_model, nn.Module):
-            from emoreg.evals.runner import model_content_hash
+            from emoreg.models.fingerprint import model_content_hash
 
             return self.base_model, model_content_hash(self.base_model)
         if self._base_loaded is None:

@@ -29,11 +29,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from emoreg.errors import ConfigError
-from emoreg.models.provenance import (
-    STATE_FILE,
-    TRAIN_INFO_FILE,  # noqa: F401 (emoreg.demo.run imports it from here)
-    write_train_info,
-)
+from emoreg.models.provenance import STATE_FILE, write_train_info
 from emoreg.train.data import load_rows
 from emoreg.train.recipe import Recipe, trl_config_class
 from emoreg.train.rewards import resolve_reward

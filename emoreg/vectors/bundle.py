@@ -291,14 +291,17 @@ class EmotionVectors:
         )
 
     # ------------------------------------------------------------------ model fit
-    def check_model(self, model: torch.nn.Module, *, allow_different_weights: bool = True) -> None:
+    def check_model(self, model: torch.nn.Module, *, allow_different_weights: bool = True,
+                    fingerprint: ModelFingerprint | None = None) -> None:
         """Raise :class:`BundleError` when the bundle cannot be applied to ``model``.
 
         Hidden size and layer range must fit. A different architecture or
         weight hash with fitting shapes (e.g. a fine-tuned child of the same
         base) is a warning, or an error when ``allow_different_weights=False``.
+        ``fingerprint``: ``model``'s fingerprint when the caller has it (else
+        it is computed here).
         """
-        theirs = fingerprint_model(model)
+        theirs = fingerprint if fingerprint is not None else fingerprint_model(model)
         ours = self.model_fingerprint
         ours_desc = ours.describe() if ours else "an unknown model"
         if theirs.hidden_size != self.hidden_size:
@@ -328,7 +331,8 @@ class EmotionVectors:
         )
         if not allow_different_weights:
             raise BundleError(message)
-        warnings.warn(message + "; shapes fit, so it is applied (e.g. a fine-tuned child of the same base)", stacklevel=2)
+        warnings.warn(message + "; shapes fit, so it is applied (e.g. a fine-tuned child of the same base)",
+                      stacklevel=2)
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, path: str | Path) -> Path:
