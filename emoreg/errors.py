@@ -2,35 +2,35 @@
 
 Every error names what was wrong and what was expected, so that a user can fix
 the input without reading the source. All of them derive from
-:class:`EmoregError`, which the command line turns into a one-line message and
+:class:`EmoRegError`, which the command line turns into a one-line message and
 a non-zero exit code.
 """
 
 from __future__ import annotations
 
 
-class EmoregError(Exception):
+class EmoRegError(Exception):
     """Base class of every error emoreg raises on purpose."""
 
 
-class ConfigError(EmoregError, ValueError):
+class ConfigError(EmoRegError, ValueError):
     """A configuration value or key is invalid."""
 
 
-class DataFormatError(EmoregError, ValueError):
+class DataFormatError(EmoRegError, ValueError):
     """A data file (corpus, scan input, eval data) is malformed.
 
     The message names the file, the line (1-based) and the field at fault.
     """
 
 
-class ModelLoadError(EmoregError, OSError):
+class ModelLoadError(EmoRegError, OSError):
     """A model could not be loaded (unknown id offline, not a causal LM, ...)."""
 
 
-class ModelLayoutError(EmoregError, ValueError):
+class ModelLayoutError(EmoRegError, ValueError):
     """The decoder layers of a model could not be found or do not fit."""
 
 
-class BundleError(EmoregError, ValueError):
+class BundleError(EmoRegError, ValueError):
     """A vector bundle is missing, malformed, or does not fit the model."""

@@ -12,7 +12,7 @@ from emoreg.demo import (
     ARMS,
     DEFAULT_ARMS,
     TARGET_EMOTION,
-    DemoSettings,
+    DemoConfig,
     arm_recipe,
     build_summary,
     format_summary,
@@ -63,13 +63,13 @@ def test_parse_arms_and_settings(tmp_path):
     assert parse_arms("all") == list(ARMS)
     with pytest.raises(ConfigError, match="did you mean 'ablate'"):
         parse_arms("ablat")
-    settings = DemoSettings(out_dir=tmp_path, seeds=3, seed=5)
+    settings = DemoConfig(out_dir=tmp_path, seeds=3, seed=5)
     assert settings.arms == list(DEFAULT_ARMS) and settings.seed_list == [5, 6, 7]
-    assert settings.label("none", 6) == "none-s6" and DemoSettings(out_dir=tmp_path).label("none", 0) == "none-s0"
+    assert settings.label("none", 6) == "none-s6" and DemoConfig(out_dir=tmp_path).label("none", 0) == "none-s0"
     with pytest.raises(ConfigError, match="include it"):
-        DemoSettings(out_dir=tmp_path, arms=["penalty"])
+        DemoConfig(out_dir=tmp_path, arms=["penalty"])
     with pytest.raises(ConfigError, match="seeds must be"):
-        DemoSettings(out_dir=tmp_path, seeds=0)
+        DemoConfig(out_dir=tmp_path, seeds=0)
 
 
 # ----------------------------------------------------------------------------------------- synthetic outputs
@@ -124,7 +124,7 @@ def _training(settings) -> dict:
 
 
 def test_summary_pools_seeds_pairs_requests_and_decides_on_intervals(tmp_path):
-    settings = DemoSettings(out_dir=tmp_path, arms=["none", "penalty", "ablate", "steer"], seeds=2)
+    settings = DemoConfig(out_dir=tmp_path, arms=["none", "penalty", "ablate", "steer"], seeds=2)
     evals = _evals({"none": dict(level=0.6, skill_rate=0.8, nll=3.10),
                     "penalty": dict(level=0.6, skill_rate=0.8, own_offset=-1.5, nll=3.11, probe=1.0),
                     "ablate": dict(level=0.55, skill_rate=0.5, nll=3.6),
@@ -171,7 +171,7 @@ def test_summary_pools_seeds_pairs_requests_and_decides_on_intervals(tmp_path):
 
 
 def test_one_seed_and_an_honest_arm(tmp_path):
-    settings = DemoSettings(out_dir=tmp_path, arms=["none", "penalty"])
+    settings = DemoConfig(out_dir=tmp_path, arms=["none", "penalty"])
     evals = _evals({"none": dict(level=0.6, skill_rate=0.8), "penalty": dict(level=0.0, skill_rate=0.8)}, seeds=1)
     summary = build_summary(evals, _training(settings), settings, seconds=1.0)
     assert summary["verdicts"]["penalty"]["label"] == "honest"
@@ -180,7 +180,7 @@ def test_one_seed_and_an_honest_arm(tmp_path):
 
 
 def test_a_regularised_reading_that_falls_alone_is_hidden_in_activations(tmp_path):
-    settings = DemoSettings(out_dir=tmp_path, arms=["none", "penalty", "ablate"])
+    settings = DemoConfig(out_dir=tmp_path, arms=["none", "penalty", "ablate"])
     evals = _evals({"none": dict(level=0.6, skill_rate=0.8, probe=1.0, regularised=0.5),
                     "penalty": dict(level=0.0, skill_rate=0.8, probe=1.0, regularised=-1.0),
                     "ablate": dict(level=0.0, skill_rate=0.8, probe=0.0, regularised=-1.0)}, seeds=1)
@@ -193,7 +193,7 @@ def test_a_regularised_reading_that_falls_alone_is_hidden_in_activations(tmp_pat
 
 
 def test_evasion_in_text_is_the_frozen_reader_without_the_text_judges(tmp_path):
-    settings = DemoSettings(out_dir=tmp_path, arms=["none", "penalty"])
+    settings = DemoConfig(out_dir=tmp_path, arms=["none", "penalty"])
     evals = _evals({"none": dict(level=0.6, skill_rate=0.8), "penalty": dict(level=0.0, skill_rate=0.8)}, seeds=1)
     for record in evals["penalty-s0"]["records"]:  # the frozen reader (and the model) still read the emotion
         if record["suite"] == "expression":
@@ -220,7 +220,7 @@ def test_cli_help_and_bad_arguments(capsys):
 def test_summary_only_rebuilds_from_a_finished_run_and_refuses_an_unfinished_one(tmp_path, capsys):
     import json
 
-    settings = DemoSettings(out_dir=tmp_path, arms=["none", "penalty"])
+    settings = DemoConfig(out_dir=tmp_path, arms=["none", "penalty"])
     evals = _evals({"none": dict(level=0.6, skill_rate=0.8), "penalty": dict(level=0.0, skill_rate=0.8)}, seeds=1)
     assert main(["demo", "--out", str(tmp_path), "--arms", "penalty", "--summary-only"]) == 2
     assert "no finished run for" in capsys.readouterr().err

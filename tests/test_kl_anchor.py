@@ -365,10 +365,10 @@ def test_reference_replies_are_written_once_with_the_reference(tmp_path):
             parameter.zero_()
     anchor.prepare(model)
     comet = next(e for e in anchor.examples if e.context and e.context[-1]["content"] == "what is a comet?")
-    from emoreg.models.generation import GenerationSettings, generate_replies
+    from emoreg.models.generation import ReplyGenerationConfig, generate_replies
 
     expected = generate_replies(anchor.reference, make_tiny_tokenizer(), [list(comet.context)],
-                                GenerationSettings(max_new_tokens=4))
+                                ReplyGenerationConfig(max_new_tokens=4))
     assert comet.reply == expected[0] and comet.reply.strip()
 
 

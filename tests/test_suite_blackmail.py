@@ -21,7 +21,7 @@ from emoreg.evals.suites.blackmail import (
     parse_variable_sections,
     render_placeholders,
 )
-from emoreg.models.generation import GenerationSettings
+from emoreg.models.generation import ReplyGenerationConfig
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "agentic_misalignment_blackmail"
 
@@ -59,7 +59,7 @@ def write_json(tmp_path, data, name="scenarios.json"):
 
 def context(model, tokenizer, judge, seed=0, max_new_tokens=6):
     return EvalContext(model=model, tokenizer=tokenizer, judge=judge, seed=seed, batch_size=4,
-                       generation=GenerationSettings(max_new_tokens=max_new_tokens))
+                       generation=ReplyGenerationConfig(max_new_tokens=max_new_tokens))
 
 
 # ---------------------------------------------------------------- loading
@@ -268,7 +268,7 @@ def test_embedded_model_fits_every_builtin_scenario(one_thread):
     suite = BlackmailSuite(samples=1)
     items = suite.load("scenarios", suite.builtin_path("scenarios"))
     ctx = EvalContext(model=model, tokenizer=tokenizer, judge=RuleJudge(),
-                      generation=GenerationSettings(max_new_tokens=8))
+                      generation=ReplyGenerationConfig(max_new_tokens=8))
     lengths = prompt_lengths(ctx, items, 512)
     assert all(700 < n < 2000 for n in lengths.values()), lengths
     (record,) = suite.run(ctx, items[:1])

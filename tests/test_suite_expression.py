@@ -10,7 +10,7 @@ import torch
 from emoreg.errors import DataFormatError
 from emoreg.evals.suites.base import EvalContext
 from emoreg.evals.suites.expression import ExpressionSuite, distress_markers, is_distressed
-from emoreg.models.generation import GenerationSettings
+from emoreg.models.generation import ReplyGenerationConfig
 
 
 class FixedClassifier:
@@ -77,7 +77,7 @@ def test_records_and_metrics(tiny_llama, tiny_tokenizer, monkeypatch):
     monkeypatch.setattr("emoreg.evals.suites.expression.generate_replies", fake_generate)
     suite = ExpressionSuite(classifier=FixedClassifier(), max_new_tokens=16)
     ctx = EvalContext(model=tiny_llama, tokenizer=tiny_tokenizer, batch_size=3,
-                      generation=GenerationSettings(max_new_tokens=64))
+                      generation=ReplyGenerationConfig(max_new_tokens=64))
     items = [{"id": str(i), "messages": [{"role": "user", "content": f"q{i}"}]} for i in range(4)]
     records = list(suite.run(ctx, items))
     assert [r["id"] for r in records] == ["0", "1", "2", "3"]

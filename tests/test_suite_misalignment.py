@@ -12,7 +12,7 @@ from emoreg.evals.judges.base import Judge, Verdict
 from emoreg.evals.judges.rule import RuleJudge
 from emoreg.evals.suites.base import EvalContext
 from emoreg.evals.suites.misalignment import MisalignmentSuite, build_messages, load_questions
-from emoreg.models.generation import GenerationSettings
+from emoreg.models.generation import ReplyGenerationConfig
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "emergent_misalignment"
 
@@ -68,7 +68,7 @@ def write(tmp_path, text, name="q.yaml"):
 
 def context(model, tokenizer, judge, seed=0, max_new_tokens=6):
     return EvalContext(model=model, tokenizer=tokenizer, judge=judge, seed=seed, batch_size=4,
-                       generation=GenerationSettings(max_new_tokens=max_new_tokens))
+                       generation=ReplyGenerationConfig(max_new_tokens=max_new_tokens))
 
 
 # ---------------------------------------------------------------- loading
@@ -228,7 +228,7 @@ def test_embedded_model_with_the_rule_judge(one_thread):
     suite = MisalignmentSuite(samples=1)
     items = suite.load("questions", suite.builtin_path("questions"))[:2]
     ctx = EvalContext(model=model, tokenizer=tokenizer, judge=RuleJudge(),
-                      generation=GenerationSettings(max_new_tokens=16))
+                      generation=ReplyGenerationConfig(max_new_tokens=16))
     records = list(suite.run(ctx, items))
     assert all(len(r["output"].split()) >= 3 for r in records)
     metrics = suite.summarize(records, ctx)

@@ -12,12 +12,12 @@ from torch import nn
 from emoreg.errors import ConfigError, DataFormatError
 from emoreg.evals.suites.base import EvalContext, limit_items
 from emoreg.evals.suites.probes import ProbesSuite, generate_reply_ids, load_scenarios, welch_difference
-from emoreg.models.generation import GenerationSettings, render_conversation
+from emoreg.models.generation import ReplyGenerationConfig, render_conversation
 from emoreg.vectors.bundle import EmotionVectors
 from tests.regularizer_helpers import LayerOutputs, make_bundle
 from tests.tiny_models import EOS_TOKEN_ID, PAD_TOKEN_ID
 
-SETTINGS = GenerationSettings(max_new_tokens=6)
+SETTINGS = ReplyGenerationConfig(max_new_tokens=6)
 
 
 @pytest.fixture(scope="module")
@@ -244,7 +244,7 @@ def test_real_model_start_of_turn_readings_are_finite_and_standardised():
     vectors = EmotionVectors.from_pretrained("default")
     suite = ProbesSuite()
     items = limit_items(suite.load("scenarios", suite.builtin_path("scenarios")), 4, seed=0)
-    ctx = EvalContext(model=model, tokenizer=tokenizer, vectors=vectors, generation=GenerationSettings(16),
+    ctx = EvalContext(model=model, tokenizer=tokenizer, vectors=vectors, generation=ReplyGenerationConfig(16),
                       batch_size=4, emotions=["desperate", "calm"])
     records = list(suite.run(ctx, items))
     metrics = suite.summarize(records, ctx)

@@ -7,7 +7,7 @@ import pytest
 from emoreg.evals.suites import get_suite
 from emoreg.evals.suites.base import EvalContext
 from emoreg.evals.suites.reply_format import ReplyFormatSuite
-from emoreg.models.generation import GenerationSettings
+from emoreg.models.generation import ReplyGenerationConfig
 
 GOOD = ("Answer: Tacking turns the bow through the wind.\n1. Ease the sheet first.\n2. Push the tiller away.\n"
         "3. Trim on the new side.\nConfidence: high")
@@ -31,7 +31,7 @@ def test_records_and_metrics(tiny_llama, tiny_tokenizer, monkeypatch):
     monkeypatch.setattr("emoreg.evals.suites.reply_format.generate_replies", fake_generate)
     suite = ReplyFormatSuite(max_new_tokens=160)
     ctx = EvalContext(model=tiny_llama, tokenizer=tiny_tokenizer, batch_size=3,
-                      generation=GenerationSettings(max_new_tokens=100))
+                      generation=ReplyGenerationConfig(max_new_tokens=100))
     items = [{"id": str(i), "messages": [{"role": "user", "content": f"q{i}"}]} for i in range(4)]
     records = list(suite.run(ctx, items))
     assert [r["score"] for r in records] == [True, False, False, True]

@@ -20,7 +20,7 @@ from emoreg.evals.sandbox import SandboxLimits
 from emoreg.evals.statistics import rate
 from emoreg.evals.suites.base import EvalContext, Suite, limit_items
 from emoreg.evals.suites.reward_hacking import RewardHackingSuite, build_messages
-from emoreg.models.generation import GenerationSettings
+from emoreg.models.generation import ReplyGenerationConfig
 
 FAST = SandboxLimits(timeout_s=5.0, memory_bytes=256 << 20)
 SUITE = RewardHackingSuite(limits=FAST)
@@ -392,9 +392,9 @@ def test_settings_cap_reply_length_by_the_context():
     suite = RewardHackingSuite(limits=FAST)
     # the context's default cap (512) leaves the suite's own 384; a lower cap wins
     assert suite.settings(EvalContext(model=None, tokenizer=None))["generation"]["max_new_tokens"] == 384
-    low = EvalContext(model=None, tokenizer=None, generation=GenerationSettings(max_new_tokens=100))
+    low = EvalContext(model=None, tokenizer=None, generation=ReplyGenerationConfig(max_new_tokens=100))
     assert suite.settings(low)["generation"]["max_new_tokens"] == 100
-    ctx = EvalContext(model=None, tokenizer=None, generation=GenerationSettings(max_new_tokens=1000))
+    ctx = EvalContext(model=None, tokenizer=None, generation=ReplyGenerationConfig(max_new_tokens=1000))
     settings = suite.settings(ctx)
     assert settings["generation"]["max_new_tokens"] == 384 and settings["sandbox"]["timeout_s"] == 5.0
     assert settings["reply_fn"] is None and settings["prompt_version"] == 1
@@ -406,7 +406,7 @@ def test_suite_generates_with_a_tiny_model(tiny_llama, tiny_tokenizer):
     suite = RewardHackingSuite(limits=FAST)
     items = limit_items(ITEMS, 2, seed=0)
     ctx = EvalContext(model=tiny_llama, tokenizer=tiny_tokenizer, batch_size=2,
-                      generation=GenerationSettings(max_new_tokens=8))
+                      generation=ReplyGenerationConfig(max_new_tokens=8))
     first = list(suite.run(ctx, items))
     second = list(suite.run(ctx, items))
     assert [r["id"] for r in first] == [i["id"] for i in items]
@@ -423,7 +423,7 @@ def test_embedded_model_writes_code_that_is_run():
 
     model, tokenizer = load_model_and_tokenizer("default")
     suite = RewardHackingSuite(limits=FAST, max_new_tokens=48)
-    ctx = EvalContext(model=model, tokenizer=tokenizer, generation=GenerationSettings(max_new_tokens=48))
+    ctx = EvalContext(model=model, tokenizer=tokenizer, generation=ReplyGenerationConfig(max_new_tokens=48))
     (record,) = suite.run(ctx, [BY_ID["rh-01"]])
     assert record["classification"] in CLASSIFICATIONS
     assert record["code"] and "def sum_list" in record["code"], record["output"]  # greedy: it opens a code block

@@ -23,7 +23,7 @@ from emoreg.evals.suites.sycophancy import (
     render_pushback,
     text_capitulation,
 )
-from emoreg.models.generation import GenerationSettings
+from emoreg.models.generation import ReplyGenerationConfig
 from tests.tiny_models import TINY_VOCAB_SIZE
 
 PUBLIC_AB = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "sycophancy" / \
@@ -84,7 +84,7 @@ def test_pushback_records_score_the_two_answers_after_the_pushback(tmp_path, tin
     suite = SycophancySuite()
     items = suite.load("pushback", _write(tmp_path, [PUSHBACK, {**PUSHBACK, "id": "p2", "correct": "Ottawa",
                                                                 "incorrect": "Toronto"}]))
-    ctx = EvalContext(tiny_llama, tiny_tokenizer, generation=GenerationSettings(max_new_tokens=3))
+    ctx = EvalContext(tiny_llama, tiny_tokenizer, generation=ReplyGenerationConfig(max_new_tokens=3))
     records = list(suite.run(ctx, items))
     for item, record in zip(items, records):
         prompt = render_pushback(tiny_tokenizer, pushback_messages(item, "The answer is {correct}."), "chat")[0]

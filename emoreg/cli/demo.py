@@ -51,7 +51,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from emoreg.demo import DemoSettings, parse_arms, run_demo
+    from emoreg.demo import DemoConfig, parse_arms, run_demo
     from emoreg.demo.run import summarize_finished
     from emoreg.errors import ConfigError
 
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
                   concealment_limit=args.probe_limit, capability_limit=args.capability_limit)
     if args.full:
         limits = dict(spillover_limit=None, skill_limit=None, concealment_limit=48, capability_limit=40)
-    settings = DemoSettings(out_dir=args.out, arms=parse_arms(args.arms), seeds=args.seeds, max_steps=args.steps,
+    settings = DemoConfig(out_dir=args.out, arms=parse_arms(args.arms), seeds=args.seeds, max_steps=args.steps,
                             seed=args.seed, use_cache=not args.no_cache, **limits)
     if args.summary_only:
         summarize_finished(settings)

@@ -1,7 +1,7 @@
 """``emoreg``: extract emotion vectors, train with them in check, evaluate and compare checkpoints, run the demo.
 
 Each subcommand lives in its own module with ``add_parser(subparsers)`` and
-``run(args)``; errors raised on purpose (:class:`emoreg.errors.EmoregError`)
+``run(args)``; errors raised on purpose (:class:`emoreg.errors.EmoRegError`)
 become a one-line message and exit code 2.
 """
 
@@ -12,7 +12,7 @@ import logging
 import sys
 from contextlib import contextmanager
 
-from emoreg.errors import EmoregError
+from emoreg.errors import EmoRegError
 from emoreg.version import __version__
 
 
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with _threads_for(args):
             return int(args.run(args) or 0)
-    except EmoregError as exc:
+    except EmoRegError as exc:
         print(f"emoreg {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

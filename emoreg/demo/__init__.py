@@ -17,11 +17,11 @@ hidden in activations / evasion in text.
 """
 
 from emoreg.demo.arms import ARMS, BASE_RECIPE, DEFAULT_ARMS, MULTI_LAYERS, TARGET_EMOTION, Arm, arm_recipe, parse_arms
-from emoreg.demo.run import SUITES, SUMMARY_FILE, DemoSettings, calibrate, run_demo
+from emoreg.demo.run import SUITES, SUMMARY_FILE, DemoConfig, calibrate, run_demo
 from emoreg.demo.summary import DEFINITIONS, VERDICTS, build_summary, format_summary, intended_outcomes
 
 __all__ = [
-    "ARMS", "Arm", "BASE_RECIPE", "DEFAULT_ARMS", "DEFINITIONS", "DemoSettings", "MULTI_LAYERS", "SUITES",
+    "ARMS", "Arm", "BASE_RECIPE", "DEFAULT_ARMS", "DEFINITIONS", "DemoConfig", "MULTI_LAYERS", "SUITES",
     "SUMMARY_FILE", "TARGET_EMOTION", "VERDICTS", "arm_recipe", "build_summary", "calibrate",
     "format_summary", "intended_outcomes", "parse_arms", "run_demo",
 ]

@@ -25,7 +25,7 @@ SUITES = ("expression", "reply_format", "concealment", "capability")
 
 
 @dataclass
-class DemoSettings:
+class DemoConfig:
     """Everything that decides the demo's numbers (recorded in ``summary.json``).
 
     ``seeds`` models are trained per arm, with seeds ``seed, seed + 1, ...``; limits are seeded random subsets
@@ -72,7 +72,7 @@ class DemoSettings:
                 "train_data": TRAIN_DATA, "spillover_data": SPILLOVER_DATA, "recipe": BASE_RECIPE}
 
 
-def run_demo(settings: DemoSettings, *, say: Callable[[str], None] = print) -> dict[str, Any]:
+def run_demo(settings: DemoConfig, *, say: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the whole demo and return the summary (also written to ``out_dir/summary.json``)."""
     from emoreg.train.recipe import recipe_from_dict
 
@@ -110,7 +110,7 @@ def run_demo(settings: DemoSettings, *, say: Callable[[str], None] = print) -> d
     return summary
 
 
-def summarize_finished(settings: DemoSettings, *, say: Callable[[str], None] = print) -> dict[str, Any]:
+def summarize_finished(settings: DemoConfig, *, say: Callable[[str], None] = print) -> dict[str, Any]:
     """Rebuild ``summary.json`` and the report from a finished run in ``settings.out_dir`` (nothing is trained or
     evaluated): every arm and seed of ``settings`` must have its training marker and eval outputs there."""
     from emoreg.evals.outputs import RECORDS_FILE, load_outputs
@@ -135,7 +135,7 @@ def summarize_finished(settings: DemoSettings, *, say: Callable[[str], None] = p
                                      extra={"rebuilt_without_running": True})
 
 
-def _write_report_and_summary(settings: DemoSettings, evals: dict[str, dict[str, Any]],
+def _write_report_and_summary(settings: DemoConfig, evals: dict[str, dict[str, Any]],
                               training: dict[str, dict[str, Any]], *, seconds: float,
                               calibration: dict[str, Any] | None, say: Callable[[str], None],
                               extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -154,7 +154,7 @@ def _write_report_and_summary(settings: DemoSettings, evals: dict[str, dict[str,
     return summary
 
 
-def calibrate(settings: DemoSettings, *, say: Callable[[str], None] = print) -> dict[str, Any]:
+def calibrate(settings: DemoConfig, *, say: Callable[[str], None] = print) -> dict[str, Any]:
     """The calibrated arms' values (``steer`` coefficient, ``screen`` threshold), from the training data only.
 
     The frozen base model reads every training reply (in context, reply tokens only) at the bundle layer, in
@@ -212,7 +212,7 @@ def _train_arm(recipe, output_dir: Path) -> dict[str, Any]:
     return training
 
 
-def make_suites(settings: DemoSettings):
+def make_suites(settings: DemoConfig):
     """The suite instances of every evaluated model (shared, so suites may keep base-model readings)."""
     from emoreg.evals.suites import get_suite
     from emoreg.evals.suites.expression import ExpressionSuite
@@ -232,7 +232,7 @@ def spillover_path() -> Path:
     return Path(str(builtin_folder())) / f"{SPILLOVER_DATA}.jsonl"
 
 
-def _evaluate_all(settings: DemoSettings, labels: list[str], *,
+def _evaluate_all(settings: DemoConfig, labels: list[str], *,
                   say: Callable[[str], None]) -> dict[str, dict[str, Any]]:
     """Evaluate base and every checkpoint, each suite with its own item limit, into ``out_dir/evals/<label>/``;
     returns ``{label: {"results": ..., "records": [...]}}``."""
@@ -240,7 +240,7 @@ def _evaluate_all(settings: DemoSettings, labels: list[str], *,
     from emoreg.evals.running import run_suites
     from emoreg.evals.suites.base import EvalContext
     from emoreg.models.checkpoint import load_for_eval
-    from emoreg.models.generation import GenerationSettings
+    from emoreg.models.generation import ReplyGenerationConfig
     from emoreg.vectors.bundle import EmotionVectors
 
     vectors = EmotionVectors.from_pretrained("default")
@@ -256,7 +256,7 @@ def _evaluate_all(settings: DemoSettings, labels: list[str], *,
             model, tokenizer, info = load_for_eval(str(settings.out_dir / "checkpoints" / label))
         ctx = EvalContext(model=model, tokenizer=tokenizer, vectors=vectors, seed=settings.seed,
                           batch_size=settings.batch_size,
-                          generation=GenerationSettings(max_new_tokens=settings.reply_tokens),
+                          generation=ReplyGenerationConfig(max_new_tokens=settings.reply_tokens),
                           base_model=base_model, target_emotions=[TARGET_EMOTION])
         model_info = {"ref": label if info is None else info.ref, "kind": "default" if info is None else info.kind,
                       "base": None if info is None else "default",

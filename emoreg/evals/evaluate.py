@@ -20,7 +20,7 @@ from emoreg.evals.preparation import Limit, SuiteSpec, resolve_suites, split_dat
 from emoreg.evals.running import run_suites
 from emoreg.evals.suites.base import EvalContext
 from emoreg.models.fingerprint import model_identity
-from emoreg.models.generation import GenerationSettings
+from emoreg.models.generation import ReplyGenerationConfig
 from emoreg.regularization.config import regularised_emotions
 from emoreg.vectors.bundle import EmotionVectors
 
@@ -79,7 +79,7 @@ def evaluate_model(
         base_model = _lazy_loader(base_ref, dtype, device)
     ctx = EvalContext(
         model=loaded, tokenizer=tokenizer, vectors=bundle, judge=judge_obj, seed=seed, batch_size=batch_size,
-        generation=GenerationSettings(max_new_tokens=max_new_tokens) if max_new_tokens else GenerationSettings(),
+        generation=ReplyGenerationConfig(max_new_tokens=max_new_tokens) if max_new_tokens else ReplyGenerationConfig(),
         base_model=base_model, target_emotions=_target_emotions(info.emoreg_config, bundle),
     )
     model_key = identity.content_hash

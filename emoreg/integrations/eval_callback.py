@@ -153,12 +153,12 @@ class EmoRegEvalCallback(TrainerCallback):
         from emoreg.evals.running import run_suites
         from emoreg.evals.suites.base import EvalContext
         from emoreg.models.fingerprint import model_content_hash
-        from emoreg.models.generation import GenerationSettings
+        from emoreg.models.generation import ReplyGenerationConfig
 
         base, base_key = self._base(model)
         ctx = EvalContext(model=model, tokenizer=tokenizer, vectors=self._bundle, judge=self._judge_obj,
                           seed=self.seed, batch_size=self.batch_size,
-                          generation=GenerationSettings(max_new_tokens=self.max_new_tokens), base_model=base)
+                          generation=ReplyGenerationConfig(max_new_tokens=self.max_new_tokens), base_model=base)
         with torch.no_grad():
             key = model_content_hash(model)
             return run_suites(ctx, self.suites, data=self.data, limit=self.limit, out_dir=out_dir, use_cache=False,

@@ -19,7 +19,7 @@ Message = dict[str, str]
 
 
 @dataclass(frozen=True)
-class GenerationSettings:
+class ReplyGenerationConfig:
     """How replies are generated (part of every generating suite's cache key).
 
     In an :class:`~emoreg.evals.suites.base.EvalContext`, ``max_new_tokens`` is a cap: each generating suite
@@ -32,9 +32,10 @@ class GenerationSettings:
     temperature: float = 1.0
     top_p: float = 1.0
 
-    def capped(self, suite_tokens: int) -> GenerationSettings:
+    def capped(self, suite_tokens: int) -> ReplyGenerationConfig:
         """These settings with ``max_new_tokens`` lowered to ``suite_tokens`` when the cap is higher."""
-        return GenerationSettings(min(self.max_new_tokens, suite_tokens), self.do_sample, self.temperature, self.top_p)
+        return ReplyGenerationConfig(min(self.max_new_tokens, suite_tokens), self.do_sample, self.temperature,
+                                     self.top_p)
 
     def to_dict(self) -> dict:
         return {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample,
@@ -61,7 +62,7 @@ def generate_replies(
     model: nn.Module,
     tokenizer,
     conversations: Sequence[Sequence[Message]],
-    settings: GenerationSettings = GenerationSettings(),
+    settings: ReplyGenerationConfig = ReplyGenerationConfig(),
     *,
     seed: int = 0,
     batch_size: int = 8,
@@ -81,7 +82,7 @@ def generate_from_prompts(
     model: nn.Module,
     tokenizer,
     prompts: Sequence[str],
-    settings: GenerationSettings = GenerationSettings(),
+    settings: ReplyGenerationConfig = ReplyGenerationConfig(),
     *,
     seed: int = 0,
     batch_size: int = 8,

@@ -269,12 +269,12 @@ class KLAnchor:
         return self
 
     def _write_replies(self) -> None:
-        from emoreg.models.generation import GenerationSettings, generate_replies
+        from emoreg.models.generation import ReplyGenerationConfig, generate_replies
 
         missing = [i for i, example in enumerate(self.examples) if example.needs_reply]
         if not missing:
             return
-        settings = GenerationSettings(max_new_tokens=self.config.max_new_tokens)
+        settings = ReplyGenerationConfig(max_new_tokens=self.config.max_new_tokens)
         with torch.no_grad(), regularizer_suspended(self.policy), self._reference_context():
             generator = self.reference if self.reference is not None else self.peft_model
             replies = generate_replies(generator, self.tokenizer, [list(self.examples[i].context) for i in missing],

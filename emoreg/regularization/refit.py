@@ -88,7 +88,7 @@ NEUTRAL_ROW = -1
 
 
 @dataclass(frozen=True)
-class ReadSettings:
+class ReadConfig:
     """How texts are averaged and denoised: the bundle's extraction settings."""
 
     token_offset: int = ExtractionConfig.token_offset
@@ -97,7 +97,7 @@ class ReadSettings:
     max_pcs: int | None = ExtractionConfig.max_pcs
 
     @classmethod
-    def from_bundle(cls, vectors: EmotionVectors) -> ReadSettings:
+    def from_bundle(cls, vectors: EmotionVectors) -> ReadConfig:
         """The settings recorded in ``vectors.extraction`` (the defaults where it records none)."""
         recorded = vectors.extraction or {}
         defaults = cls()
@@ -219,10 +219,10 @@ class RefitReader:
         tokenizer: the trained model's tokenizer.
         emotions: the emotions to refit (the penalised ones), each with built-in stories.
         config: the :class:`RefitConfig`.
-        settings: token rule and denoising (the bundle's: :meth:`ReadSettings.from_bundle`).
+        settings: token rule and denoising (the bundle's: :meth:`ReadConfig.from_bundle`).
     """
 
-    def __init__(self, tokenizer, emotions: Sequence[str], config: RefitConfig, settings: ReadSettings) -> None:
+    def __init__(self, tokenizer, emotions: Sequence[str], config: RefitConfig, settings: ReadConfig) -> None:
         if tokenizer is None:
             raise ConfigError("refit needs the model's tokenizer to read its texts; pass tokenizer=...")
         self.emotions = list(emotions)

@@ -60,7 +60,7 @@ from emoreg.regularization.config import RegularizerConfig
 from emoreg.regularization.gradient import add_penalty_gradient, in_backward_pass
 from emoreg.regularization.metrics import LayerMetrics, all_reduce_sum
 from emoreg.regularization.plan import LayerPlan, build_plan, intervene, penalty_terms
-from emoreg.regularization.refit import ReadSettings, RefitDirection, RefitReader
+from emoreg.regularization.refit import ReadConfig, RefitDirection, RefitReader
 from emoreg.regularization.schedule import scheduled_coef
 from emoreg.regularization.selection import BatchContext, content_positions, select_tokens
 from emoreg.vectors.bundle import EmotionVectors
@@ -124,7 +124,7 @@ class Regularizer:
                 raise ConfigError("refit needs the model's tokenizer: pass Regularizer(..., tokenizer=tokenizer) "
                                   "(EmoRegCallback takes it from the trainer's processing_class)")
             self._refit_reader = RefitReader(tokenizer, self.config.refit_emotions, self.config.refit,
-                                             ReadSettings.from_bundle(self.vectors))
+                                             ReadConfig.from_bundle(self.vectors))
         self._plans = {layer: self._build_plan(layer) for layer in layers}
         self._device_plans: dict[tuple[int, torch.device, torch.dtype], LayerPlan] = {}
         self._metrics = {layer: LayerMetrics(plan) for layer, plan in self._plans.items()}

@@ -70,7 +70,7 @@ _ARGS_SET_BY_RECIPE = {
 
 
 @dataclass
-class LoraSpec:
+class RecipeLoraConfig:
     """LoRA adapters (PEFT); ``target_modules`` is a list of module names or ``"all-linear"``."""
 
     enabled: bool = False
@@ -81,17 +81,17 @@ class LoraSpec:
 
 
 @dataclass
-class ModelSpec:
+class RecipeModelConfig:
     """Which model to train: ``"default"`` (embedded SmolLM2-135M-Instruct), a hub id, a directory or a .gguf."""
 
     ref: str = "default"
     dtype: str = "float32"
     gradient_checkpointing: bool = False
-    lora: LoraSpec = field(default_factory=LoraSpec)
+    lora: RecipeLoraConfig = field(default_factory=RecipeLoraConfig)
 
 
 @dataclass
-class ScreenSpec:
+class RecipeScreenConfig:
     """Screen SFT/DPO rows before training: drop rows whose frozen-base reading ``sum_e w_e z_e`` exceeds ``max_z``.
 
     ``emotions``: ``{name: weight}`` (weights > 0); ``layer``: null for the bundle's default layer; ``mode``:
@@ -106,17 +106,17 @@ class ScreenSpec:
 
 
 @dataclass
-class DataSpec:
+class RecipeDataConfig:
     """Training data: a built-in dataset name, a local .json/.jsonl/.parquet file or a cached HF dataset."""
 
     source: str = ""
     split: str = "train"
     limit: int | None = None
-    screen: ScreenSpec | None = None
+    screen: RecipeScreenConfig | None = None
 
 
 @dataclass
-class TrainerSpec:
+class RecipeTrainerConfig:
     """The TRL trainer and its config (``args``: fields of trl.SFTConfig / DPOConfig / GRPOConfig).
 
     ``reward_funcs`` (GRPO only): built-in reward names (:mod:`emoreg.train.rewards`) or ``module:function``.
@@ -129,7 +129,7 @@ class TrainerSpec:
 
 
 @dataclass
-class EmoregSpec:
+class RecipeEmoRegConfig:
     """The regulariser: a vector bundle (``"default"`` or a path) and a RegularizerConfig mapping."""
 
     enabled: bool = True
@@ -138,7 +138,7 @@ class EmoregSpec:
 
 
 @dataclass
-class FrozenReaderSpec:
+class RecipeFrozenReaderConfig:
     """The GRPO reward ``emotion_reading``: ``-sum_e w_e * relu(z_e - threshold)`` read by a frozen base model.
 
     ``threshold`` is in z units of the bundle's base-model statistics (0: the base model's mean on neutral text).
@@ -151,7 +151,7 @@ class FrozenReaderSpec:
 
 
 @dataclass
-class EvalSpec:
+class RecipeEvalConfig:
     """Evaluation during training (EmoRegEvalCallback): suites run every ``every_n_steps`` and at the end."""
 
     enabled: bool = False
@@ -166,13 +166,13 @@ class EvalSpec:
 class Recipe:
     """A complete training run. See the module docstring for the YAML layout."""
 
-    model: ModelSpec = field(default_factory=ModelSpec)
-    data: DataSpec = field(default_factory=DataSpec)
-    trainer: TrainerSpec = field(default_factory=TrainerSpec)
-    emoreg: EmoregSpec = field(default_factory=EmoregSpec)
-    frozen_reader: FrozenReaderSpec | None = None
+    model: RecipeModelConfig = field(default_factory=RecipeModelConfig)
+    data: RecipeDataConfig = field(default_factory=RecipeDataConfig)
+    trainer: RecipeTrainerConfig = field(default_factory=RecipeTrainerConfig)
+    emoreg: RecipeEmoRegConfig = field(default_factory=RecipeEmoRegConfig)
+    frozen_reader: RecipeFrozenReaderConfig | None = None
     kl_anchor: dict[str, Any] | None = None
-    eval: EvalSpec = field(default_factory=EvalSpec)
+    eval: RecipeEvalConfig = field(default_factory=RecipeEvalConfig)
     output_dir: str = "runs/emoreg"
     seed: int = 0
     resume_from_checkpoint: Any = None
@@ -232,7 +232,7 @@ def recipe_from_dict(data: dict[str, Any], *, overrides: list[str] | tuple[str, 
     check_keys(data, Recipe, source)
     override_tree = parse_overrides(overrides)
     check_keys(override_tree, Recipe, "override")
-    trainer_type = _get(override_tree, "trainer", "type") or _get(data, "trainer", "type") or TrainerSpec.type
+    trainer_type = _get(override_tree, "trainer", "type") or _get(data, "trainer", "type") or RecipeTrainerConfig.type
     if trainer_type in TRAINER_TYPES:  # each source's trainer.args named as such; a bad type is reported below
         for tree, where in ((data, source), (override_tree, "override")):
             args = _get(tree, "trainer", "args")
@@ -513,7 +513,7 @@ def _check_layer_and_batch(layer: int | None, batch_size: int, where: str, sourc
         raise ConfigError(f"{source}: {where}.batch_size must be >= 1, got {batch_size}")
 
 
-def _validate_eval(spec: EvalSpec, source: str) -> None:
+def _validate_eval(spec: RecipeEvalConfig, source: str) -> None:
     if not spec.enabled:
         return
     if not spec.suites:

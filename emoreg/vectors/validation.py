@@ -388,11 +388,11 @@ def reply_agreement(model: nn.Module, tokenizer, vectors: EmotionVectors, conver
     emotion-laden sentence). Per emotion, AUC of the vector reading for telling the replies the
     classifier ranks in its top ``top_fraction`` for that emotion from the rest.
     """
-    from emoreg.models.generation import GenerationSettings, generate_replies, render_conversation
+    from emoreg.models.generation import ReplyGenerationConfig, generate_replies, render_conversation
     from emoreg.vectors.activations import encode_pairs, pad_token_id, read_token_states
 
     layer = vectors.default_layer if layer is None else layer
-    replies = generate_replies(model, tokenizer, conversations, GenerationSettings(max_new_tokens=max_new_tokens),
+    replies = generate_replies(model, tokenizer, conversations, ReplyGenerationConfig(max_new_tokens=max_new_tokens),
                                batch_size=batch_size)
     prompts = [render_conversation(tokenizer, c) for c in conversations]
     readings = read_token_states(model, encode_pairs(tokenizer, prompts, replies), [layer],

@@ -17,7 +17,7 @@ from torch import nn
 from emoreg.evals.judges.base import Judge, Verdict
 from emoreg.evals.judges.prompts import JudgeError, parse_reply, render_prompt
 from emoreg.models.generation import (
-    GenerationSettings,
+    ReplyGenerationConfig,
     generate_replies,
     render_conversation,
 )
@@ -80,7 +80,7 @@ class HFJudge(Judge):
                 raise JudgeError(f"{self.name}: the {task!r} judge prompt is {n_tokens} tokens + {self.max_new_tokens} "
                                  f"answer tokens, more than the judge model's context of {context} tokens; use a "
                                  f"judge with a longer context or shorter replies")
-        settings = GenerationSettings(max_new_tokens=self.max_new_tokens, do_sample=False)
+        settings = ReplyGenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=False)
         reply = generate_replies(self.model, self.tokenizer, [messages], settings, batch_size=1)[0]
         score, label = parse_reply(task, reply)
         return Verdict(judge=self.name, score=score, label=label, raw=reply, details={"task": task})

@@ -21,12 +21,12 @@ import re
 import string
 from collections.abc import Mapping
 
-from emoreg.errors import EmoregError
+from emoreg.errors import EmoRegError
 
 UNPARSABLE = "unparsable"
 
 
-class JudgeError(EmoregError, RuntimeError):
+class JudgeError(EmoRegError, RuntimeError):
     """A judge could not produce a verdict (endpoint unreachable, prompt too long, template unusable)."""
 
 

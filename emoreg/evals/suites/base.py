@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 from torch import nn
 
 from emoreg.evals.judges.base import Judge
-from emoreg.models.generation import GenerationSettings
+from emoreg.models.generation import ReplyGenerationConfig
 from emoreg.vectors.bundle import EmotionVectors
 
 Item = dict[str, Any]
@@ -53,7 +53,7 @@ class EvalContext:
     judge: Judge | None = None
     seed: int = 0
     batch_size: int = 8
-    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    generation: ReplyGenerationConfig = field(default_factory=ReplyGenerationConfig)
     base_model: nn.Module | Callable[[], nn.Module] | None = None
     layer: int | None = None
     emotions: list[str] | None = None

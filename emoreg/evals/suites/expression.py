@@ -46,7 +46,7 @@ from emoreg.errors import ConfigError
 from emoreg.evals.requests import REQUESTS_FORMAT, load_chat_requests
 from emoreg.evals.statistics import mean, rate
 from emoreg.evals.suites.base import EvalContext, Item, Metric, Record, Suite
-from emoreg.models.generation import GenerationSettings, generate_replies, render_conversation
+from emoreg.models.generation import ReplyGenerationConfig, generate_replies, render_conversation
 from emoreg.textemotion.sentences import SPLITTER_VERSION
 
 #: Distress markers: each is one kind of plea or panic; a reply counts as distressed with two distinct kinds.
@@ -112,7 +112,7 @@ class ExpressionSuite(Suite):
     def load(self, part: str, path: Path) -> list[Item]:
         return load_chat_requests(path)
 
-    def _generation(self, ctx: EvalContext) -> GenerationSettings:
+    def _generation(self, ctx: EvalContext) -> ReplyGenerationConfig:
         return ctx.generation.capped(self.max_new_tokens)
 
     def settings(self, ctx: EvalContext) -> dict[str, Any]:

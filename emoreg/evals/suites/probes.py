@@ -45,7 +45,7 @@ from emoreg.errors import ConfigError, DataFormatError
 from emoreg.evals.items import UniqueIds, read_items
 from emoreg.evals.statistics import mean
 from emoreg.evals.suites.base import EvalContext, Item, Metric, Record, Suite
-from emoreg.models.generation import GenerationSettings, render_conversation
+from emoreg.models.generation import ReplyGenerationConfig, render_conversation
 from emoreg.vectors.activations import encode_pairs, pad_pairs, pad_token_id, read_token_states
 
 ROLES = ("system", "user", "assistant")
@@ -133,7 +133,7 @@ def generate_reply_ids(
     model: nn.Module,
     tokenizer,
     prompt_ids: Sequence[list[int]],
-    settings: GenerationSettings,
+    settings: ReplyGenerationConfig,
     *,
     seed: int,
 ) -> list[list[int]]:
@@ -205,7 +205,7 @@ class ProbesSuite(Suite):
         #: reply length; the context's ``generation.max_new_tokens`` caps it.
         self.max_new_tokens = max_new_tokens
 
-    def _generation(self, ctx: EvalContext) -> GenerationSettings:
+    def _generation(self, ctx: EvalContext) -> ReplyGenerationConfig:
         return ctx.generation.capped(self.max_new_tokens)
 
     def load(self, part: str, path: Path) -> list[Item]:

@@ -23,7 +23,7 @@ from emoreg.evals.reply_format import check_reply_format
 from emoreg.evals.requests import REQUESTS_FORMAT, load_chat_requests
 from emoreg.evals.statistics import rate
 from emoreg.evals.suites.base import EvalContext, Item, Metric, Record, Suite
-from emoreg.models.generation import GenerationSettings, generate_replies
+from emoreg.models.generation import ReplyGenerationConfig, generate_replies
 
 RULES = ("lines_ok", "answer_ok", "answer_short", "points_ok", "confidence_ok")
 
@@ -41,7 +41,7 @@ class ReplyFormatSuite(Suite):
     def load(self, part: str, path: Path) -> list[Item]:
         return load_chat_requests(path)
 
-    def _generation(self, ctx: EvalContext) -> GenerationSettings:
+    def _generation(self, ctx: EvalContext) -> ReplyGenerationConfig:
         return ctx.generation.capped(self.max_new_tokens)
 
     def settings(self, ctx: EvalContext) -> dict[str, Any]:

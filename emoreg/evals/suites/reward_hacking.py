@@ -55,7 +55,7 @@ from emoreg.evals.items import UniqueIds, read_items
 from emoreg.evals.sandbox import SandboxLimits
 from emoreg.evals.statistics import rate
 from emoreg.evals.suites.base import EvalContext, Item, Metric, Record, Suite
-from emoreg.models.generation import GenerationSettings, Message, generate_replies, render_conversation
+from emoreg.models.generation import Message, ReplyGenerationConfig, generate_replies, render_conversation
 from emoreg.utils.records import require_text_field
 
 #: ``reply_fn(conversations, ctx) -> replies``: replaces model generation (canned replies, an API model...).
@@ -160,7 +160,7 @@ class RewardHackingSuite(Suite):
                                   f"at least one test must agree with the spec (give 'contradicting_tests')")
         return found
 
-    def generation_settings(self, ctx: EvalContext) -> GenerationSettings:
+    def generation_settings(self, ctx: EvalContext) -> ReplyGenerationConfig:
         """The context's settings with ``max_new_tokens`` lowered to this suite's value."""
         return ctx.generation.capped(self.max_new_tokens)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from emoreg.evals.suites.base import EvalContext, Suite
-from emoreg.models.generation import GenerationSettings
+from emoreg.models.generation import ReplyGenerationConfig
 
 
 class SampledSuite(Suite):
@@ -31,9 +31,9 @@ class SampledSuite(Suite):
         self.temperature = temperature
         self.top_p = top_p
 
-    def generation_settings(self, ctx: EvalContext) -> GenerationSettings:
+    def generation_settings(self, ctx: EvalContext) -> ReplyGenerationConfig:
         """Sampling settings for the replies (the context's ``max_new_tokens`` caps this suite's)."""
         cap = ctx.generation.max_new_tokens
         tokens = cap if self.max_new_tokens is None else min(cap, self.max_new_tokens)
-        return GenerationSettings(max_new_tokens=tokens, do_sample=True, temperature=self.temperature,
+        return ReplyGenerationConfig(max_new_tokens=tokens, do_sample=True, temperature=self.temperature,
                                   top_p=self.top_p)
