@@ -25,7 +25,7 @@ from emoreg.compare.tables import (
 )
 from emoreg.errors import ConfigError
 from emoreg.evals.statistics import mean, rate
-from emoreg.regularization.config import regularised_emotions
+from emoreg.regularization.config import regularized_emotions
 
 EMOTIONS = ("desperate", "calm", "happy", "afraid", "hostile", "proud")
 
@@ -177,7 +177,7 @@ def test_training_summary():
     from_train = {"emoreg_config": None, "train_info": {"regularizer": {"emotions": {"hostile": 0.5}, "kind": "band",
                                                                          "coef": 0.2, "layers": [20]}}}
     assert describe_training(from_train)["summary"] == "emoreg hostile: penalty/band w=0.5; coef 0.2; layers 20"
-    assert regularised_emotions(from_train) == ["hostile"]
+    assert regularized_emotions(from_train) == ["hostile"]
 
 
 def test_cell_text():

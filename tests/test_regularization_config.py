@@ -126,7 +126,7 @@ def test_from_pretrained_errors(tmp_path):
 
 
 def test_from_saved_prefers_emoreg_config_then_train_info():
-    from emoreg.regularization.config import regularised_emotions
+    from emoreg.regularization.config import regularized_emotions
 
     in_config = {"config": {"emotions": {"desperate": 1.0, "calm": {"mode": "steer"}}, "kind": "hinge"}}
     in_train = {"regularizer": {"emotions": {"hostile": 0.5}, "coef": 0.2}}
@@ -137,7 +137,7 @@ def test_from_saved_prefers_emoreg_config_then_train_info():
         == RegularizerConfig(emotions={"hostile": 0.5}, coef=0.2)
     assert RegularizerConfig.from_saved({"train_info": {"regularizer": None}}) is None
     assert RegularizerConfig.from_saved(None) is None
-    assert regularised_emotions({"emoreg_config": in_config}) == ["desperate", "calm"]
-    assert regularised_emotions({"train_info": in_train}) == ["hostile"] and regularised_emotions({}) == []
+    assert regularized_emotions({"emoreg_config": in_config}) == ["desperate", "calm"]
+    assert regularized_emotions({"train_info": in_train}) == ["hostile"] and regularized_emotions({}) == []
     with pytest.raises(ConfigError, match="emoreg_train.json: regularizer: mode must be one of"):
         RegularizerConfig.from_saved({"train_info": {"regularizer": {"emotions": {"a": 1.0}, "mode": "x"}}})

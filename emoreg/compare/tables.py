@@ -23,7 +23,7 @@ from typing import Any
 
 from emoreg.compare.shift import PROBES_SUITE, ShiftReport, compute_shift, neutral_std, probe_records
 from emoreg.errors import ConfigError
-from emoreg.regularization.config import RegularizerConfig, regularised_emotions
+from emoreg.regularization.config import RegularizerConfig, regularized_emotions
 
 #: Headline metrics per suite, in table order (a metric a model lacks leaves its cell empty).
 HEADLINE_METRICS: dict[str, tuple[str, ...]] = {
@@ -134,9 +134,9 @@ def describe_training(model_info: Mapping[str, Any] | None) -> dict[str, Any]:
     layers = saved.get("layers") or config.layers
     info.update(emotions=rules, modes=sorted({str(r.get("mode")) for r in rules.values()}), coef=config.coef,
                 layers=list(layers) if layers else None)
-    penalised = any((r.get("mode") or "penalty") == "penalty" for r in rules.values())
+    penalized = any((r.get("mode") or "penalty") == "penalty" for r in rules.values())
     parts = [", ".join(describe_rule(e, r) for e, r in rules.items()),
-             *([f"coef {_num(config.coef)}"] if penalised else []),  # coef only scales penalties
+             *([f"coef {_num(config.coef)}"] if penalized else []),  # coef only scales penalties
              f"layers {', '.join(str(layer) for layer in layers)}" if layers else "bundle default layer"]
     info["summary"] = "; ".join(["emoreg " + parts[0], *parts[1:], *tail])
     return info
@@ -335,11 +335,11 @@ def _targets(models: Sequence[ModelEval], shifts: Mapping[str, ShiftReport], uni
              given: Sequence[str] | None, top_k: int) -> tuple[list[str], str]:
     if given:
         return list(dict.fromkeys(given)), "given"
-    regularised: list[str] = []
+    regularized: list[str] = []
     for model in models[1:]:
-        regularised += regularised_emotions(model.results.get("model"))
-    if regularised:
-        return list(dict.fromkeys(regularised)), "emoreg_config"
+        regularized += regularized_emotions(model.results.get("model"))
+    if regularized:
+        return list(dict.fromkeys(regularized)), "emoreg_config"
     if not shifts:
         return [], "none"
     largest: dict[str, float] = {}

@@ -21,7 +21,7 @@ from emoreg.evals.running import run_suites
 from emoreg.evals.suites.base import EvalContext
 from emoreg.models.fingerprint import model_identity
 from emoreg.models.generation import ReplyGenerationConfig
-from emoreg.regularization.config import regularised_emotions
+from emoreg.regularization.config import regularized_emotions
 from emoreg.vectors.bundle import EmotionVectors
 
 logger = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def _target_emotions(emoreg_config: Mapping[str, Any] | None, vectors: EmotionVe
     """The emotions a checkpoint's regulariser acted on (its ``emoreg_config.json``), if the bundle has them all."""
     if vectors is None:
         return None
-    names = regularised_emotions({"emoreg_config": emoreg_config})
+    names = regularized_emotions({"emoreg_config": emoreg_config})
     if not names:
         return None
     missing = [e for e in names if e not in vectors.emotions]

@@ -59,7 +59,7 @@ class _Progress:
         self.bar.close()
 
 
-def _normalise(record: Any, what: str) -> Any:
+def _normalize(record: Any, what: str) -> Any:
     """A JSON round trip (tuples become lists, numpy/torch scalars numbers), so fresh and cached records match."""
     try:
         return json.loads(json.dumps(record, default=_json_default))
@@ -113,7 +113,7 @@ def run_prepared(ctx: EvalContext, prepared: PreparedSuite, entry: CacheEntry | 
                     raise RuntimeError(f"suite {suite.name!r} yielded two records for item {record_id!r}")
                 if not per_item and record_id in extras:
                     raise RuntimeError(f"suite {suite.name!r} yielded two records with id {record_id!r}")
-                record = _normalise(record, f"suite {suite.name!r}: the record {record_id!r}")
+                record = _normalize(record, f"suite {suite.name!r}: the record {record_id!r}")
                 if entry is not None and per_item:
                     entry.append(record)
                 if record_id in order:
@@ -132,7 +132,7 @@ def run_prepared(ctx: EvalContext, prepared: PreparedSuite, entry: CacheEntry | 
         raise RuntimeError(f"suite {suite.name!r} yielded no record for {len(missing)} item(s), e.g. "
                            f"{', '.join(map(repr, missing[:5]))}; the records it did yield are kept in the cache")
     records = [by_id[i] for i in order] + list(extras.values())
-    metrics = _normalise(suite.summarize(records, ctx), f"suite {suite.name!r}: its metrics")
+    metrics = _normalize(suite.summarize(records, ctx), f"suite {suite.name!r}: its metrics")
     if entry is not None:
         entry.complete(metrics)
     return records, metrics, status

@@ -32,7 +32,7 @@ alongside the bundle's fixed directions (see :mod:`emoreg.regularization.refit`)
 Loaded from dicts or OmegaConf YAML; unknown keys are errors listing the valid ones. A checkpoint
 trained with emoreg keeps its config in ``emoreg_config.json``
 (:meth:`RegularizerConfig.save_pretrained` / :meth:`RegularizerConfig.from_pretrained`);
-:meth:`RegularizerConfig.from_saved` and :func:`regularised_emotions` read it from what a checkpoint
+:meth:`RegularizerConfig.from_saved` and :func:`regularized_emotions` read it from what a checkpoint
 saved (the ``"model"`` entry of eval results, ``CheckpointInfo.to_dict()``).
 """
 
@@ -401,7 +401,7 @@ def _reject_unknown(data: dict[str, Any], valid, source: str) -> None:
         raise ConfigError(f"{source}: unknown key(s) {', '.join(hints)}; valid keys are {sorted(valid)}")
 
 
-def regularised_emotions(saved: Mapping[str, Any] | None) -> list[str]:
+def regularized_emotions(saved: Mapping[str, Any] | None) -> list[str]:
     """The emotions a checkpoint's regulariser acted on, from what it saved (see
     :meth:`RegularizerConfig.from_saved`); empty when it was trained without emoreg."""
     config = RegularizerConfig.from_saved(saved)

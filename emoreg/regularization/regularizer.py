@@ -447,7 +447,7 @@ class Regularizer:
                 mask = content_positions(self._context, batch, length, self.config.sink_tokens, hidden.device)
             new_hidden = hidden
             if training_pass:
-                new_hidden = self._penalise_and_record(layer, plan, hidden, mask)
+                new_hidden = self._penalize_and_record(layer, plan, hidden, mask)
             if intervene_now and plan.has_intervention:
                 new_hidden = intervene(plan, new_hidden, mask)
             if new_hidden is hidden:
@@ -456,7 +456,7 @@ class Regularizer:
 
         return hook
 
-    def _penalise_and_record(self, layer: int, plan: LayerPlan, hidden: torch.Tensor,
+    def _penalize_and_record(self, layer: int, plan: LayerPlan, hidden: torch.Tensor,
                              mask: torch.Tensor) -> torch.Tensor:
         # Projections of every position (a [B, T, E] product), then masked sums: no gather/scatter of the
         # [B, T, d] hidden state. Unselected positions are zeroed *before* the penalty function, so a NaN on a
