@@ -437,27 +437,29 @@ def test_non_finite_activations_in_a_refit_read_are_a_clear_error(tiny_tokenizer
     assert not reg.refit_ready
 
 
-# ------------------------------------------------------------------------------------------------ ZeRO-3
+# ------------------------------------------------------------------------------------------------ ZeRO-2/3
 
 
 @pytest.mark.slow
-def test_refit_under_deepspeed_zero3_on_two_ranks(tmp_path, tiny_tokenizer):
-    """Every rank runs each refit read (collective under ZeRO-3) and all ranks use the same directions."""
+@pytest.mark.parametrize("stage", [2, 3])
+def test_refit_under_deepspeed_on_two_ranks(stage, tmp_path, tiny_tokenizer):
+    """Every rank runs each refit read (collective under ZeRO-3, where the parameters are partitioned) and all
+    ranks use the same directions."""
     pytest.importorskip("deepspeed")
     import sys
 
     from tests.distributed.deepspeed_refit import REFIT as DS_REFIT
     from tests.test_distributed import SCRIPTS, _cpu_variant, _env, _launch
 
-    config = _cpu_variant("deepspeed_zero3.yaml", tmp_path)
+    config = _cpu_variant(f"deepspeed_zero{stage}.yaml", tmp_path)
     out = tmp_path / "run"
     _launch(lambda port: [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
                           "--main_process_port", str(port), str(SCRIPTS / "deepspeed_refit.py"), "--out", str(out)],
             _env())
-    assert json.loads((out / "engine.json").read_text()) == {"engine": "DeepSpeedEngine", "zero_stage": 3,
+    assert json.loads((out / "engine.json").read_text()) == {"engine": "DeepSpeedEngine", "zero_stage": stage,
                                                               "world_size": 2}
     ranks = [torch.load(out / f"refit_rank{r}.pt", weights_only=False) for r in range(2)]
-    assert all(r["partitioned"] for r in ranks)
+    assert all(r["partitioned"] == (stage == 3) for r in ranks)
     assert ranks[0]["steps"] == ranks[1]["steps"] == [0, 1, 2]
     for key in ranks[0]["final"]:
         assert torch.equal(ranks[0]["step0"][key], ranks[1]["step0"][key])
