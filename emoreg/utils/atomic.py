@@ -29,10 +29,7 @@ def check_replaceable(target: str | Path, is_ours: Callable[[Path], bool], what:
     if target.is_dir() and any(target.iterdir()) and not is_ours(target):
         raise ConfigError(f"{target} is a non-empty directory that does not hold {what}; refusing to replace it "
                           "(choose a new path or an empty directory)")
-    parent = target.parent if target.parent != Path("") else Path(".")
-    existing = parent
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = _nearest_existing_parent(target)
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"cannot write {what} to {target}: {existing} is not writable")
 
@@ -82,9 +79,7 @@ def check_file_target(target: str | Path, what: str = "the output") -> None:
     target = Path(target)
     if target.is_dir():
         raise ConfigError(f"{target} is a directory; give a file path for {what} (e.g. {target / 'scores.jsonl'})")
-    existing = target.parent if target.parent != Path("") else Path(".")
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = _nearest_existing_parent(target)
     if existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"cannot write {what} to {target}: {existing} is not writable")
 
@@ -112,6 +107,14 @@ def atomic_file(target: str | Path, mode: str = "w", encoding: str | None = "utf
     except BaseException:  # e.g. target is a directory: leave nothing behind
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _nearest_existing_parent(target: Path) -> Path:
+    """The closest ancestor of ``target`` that exists (where a new path under it would be created)."""
+    existing = target.parent if target.parent != Path("") else Path(".")
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    return existing
 
 
 def _umask() -> int:
