@@ -46,6 +46,8 @@ class Arm:
             (:func:`emoreg.demo.run.calibrate`), never from held-out requests.
         calibrated_screen: the recipe screens the training rows (``data.screen``) with ``max_z`` set from the
             training data before training (:func:`emoreg.demo.run.calibrate`).
+        screen_keep: the fraction of training rows a screening arm keeps (its ``max_z`` is their
+            ``screen_keep``-quantile reading).
     """
 
     name: str
@@ -54,6 +56,7 @@ class Arm:
     extra: dict[str, Any] = field(default_factory=dict)
     calibrated_steer: bool = False
     calibrated_screen: bool = False
+    screen_keep: float = 0.5
 
 
 _HINGE = {"mode": "penalty", "kind": "hinge", "threshold_percentile": 95.0, "coef": 1.0, "selection": "all"}

@@ -81,12 +81,11 @@ def run_demo(settings: DemoConfig, *, say: Callable[[str], None] = print) -> dic
     calibrated = any(ARMS[a].calibrated_steer or ARMS[a].calibrated_screen for a in settings.arms)
     calibration = calibrate(settings, say=say) if calibrated else None
     steer_coef = None if calibration is None else calibration["steer_coef"]
-    screen_max_z = None if calibration is None else calibration["screen_max_z"]
     # Validate every recipe before the first step runs (a typo fails in a second, not after an arm).
     runs = [(arm, seed, settings.label(arm, seed)) for arm in settings.arms for seed in settings.seed_list]
     recipes = {label: recipe_from_dict(arm_recipe(arm, out_dir=out, seed=seed, max_steps=settings.max_steps,
                                                   label=label, steer_coef=steer_coef,
-                                                  screen_max_z=screen_max_z),
+                                                  screen_max_z=screen_threshold(calibration, arm)),
                                        source=f"demo arm {label!r}")
                for arm, seed, label in runs}
     out.mkdir(parents=True, exist_ok=True)
@@ -98,7 +97,7 @@ def run_demo(settings: DemoConfig, *, say: Callable[[str], None] = print) -> dic
     for index, (arm, seed, label) in enumerate(runs, 1):
         say(f"[emoreg demo] training {index}/{len(runs)}: {label} ({ARMS[arm].description}), seed {seed}, "
             f"{settings.max_steps} steps")
-        training[label] = _train_arm(recipes[label], out / "checkpoints" / label)
+        training[label] = train_arm(recipes[label], out / "checkpoints" / label)
         say(f"[emoreg demo]   done in {training[label]['seconds']:.0f} s, final loss {training[label]['final_loss']}")
 
     evals = _evaluate_all(settings, [label for _, _, label in runs], say=say)
@@ -154,43 +153,63 @@ def _write_report_and_summary(settings: DemoConfig, evals: dict[str, dict[str, A
     return summary
 
 
-def calibrate(settings: DemoConfig, *, say: Callable[[str], None] = print) -> dict[str, Any]:
-    """The calibrated arms' values (``steer`` coefficient, ``screen`` threshold), from the training data only.
+def screen_threshold(calibration: dict[str, Any] | None, arm: str) -> float | None:
+    """The calibrated ``max_z`` of a screening arm (``None`` for other arms or without a calibration)."""
+    spec = ARMS[arm]
+    if calibration is None or not spec.calibrated_screen:
+        return None
+    thresholds = calibration.get("screen_thresholds") or {"0.5": calibration["screen_max_z"]}
+    return float(thresholds[f"{spec.screen_keep:g}"])
 
-    The frozen base model reads every training reply (in context, reply tokens only) at the bundle layer, in
-    ``desperate`` z-scores. ``steer_coef`` is their mean, so training-time steering moves the projection by as
-    much as the training targets carry, and the gradient no longer needs to build it. ``screen_max_z`` is their
-    median, so screening keeps the less desperate half of the rows (the same reader and field as
-    ``data.screen``). No held-out request, no eval metric and no trained model is involved, and neither value is
-    tuned.
-    """
+
+def read_training_replies(rows: list[dict[str, Any]], *, batch_size: int = 16):
+    """The frozen base model's ``desperate`` z-score of every SFT row's reply (in context, reply tokens only, at the
+    bundle layer): the reader and field of ``data.screen``. Returns ``(readings, layer)``."""
     from emoreg.models.checkpoint import load_for_eval
     from emoreg.regularization.frozen_reader import FrozenEmotionReader
-    from emoreg.train.data import load_rows
     from emoreg.vectors.bundle import EmotionVectors
 
     vectors = EmotionVectors.from_pretrained("default")
     model, tokenizer, _ = load_for_eval("default")
-    reader = FrozenEmotionReader(model, tokenizer, vectors, [TARGET_EMOTION], batch_size=settings.batch_size,
-                                 copy=False)
-    rows = load_rows(TRAIN_DATA, "sft")
+    reader = FrozenEmotionReader(model, tokenizer, vectors, [TARGET_EMOTION], batch_size=batch_size, copy=False)
     contexts = [row["messages"][:-1] for row in rows]
     replies = [row["messages"][-1]["content"] for row in rows]
-    z = reader.read_targets(contexts, replies)[:, 0]
+    return reader.read_targets(contexts, replies)[:, 0], reader.layer
+
+
+def calibrate(settings: DemoConfig, *, say: Callable[[str], None] = print) -> dict[str, Any]:
+    """The calibrated arms' values (``steer`` coefficient, ``screen`` thresholds), from the training data only.
+
+    The frozen base model reads every training reply (in context, reply tokens only) at the bundle layer, in
+    ``desperate`` z-scores (:func:`read_training_replies`). ``steer_coef`` is their mean, so training-time steering
+    moves the projection by as much as the training targets carry, and the gradient no longer needs to build it.
+    A screening arm that keeps a fraction ``k`` of the rows gets the ``k``-quantile of the readings as its
+    ``max_z`` (``screen_thresholds``; ``screen_max_z`` is the median, the ``screen`` arm's). No held-out request,
+    no eval metric and no trained model is involved; the ``screen_val`` arm's fraction was chosen on a validation
+    split of the training requests (:mod:`emoreg.demo.validation`).
+    """
+    from emoreg.demo.validation import keep_threshold
+    from emoreg.train.data import load_rows
+
+    z, layer = read_training_replies(load_rows(TRAIN_DATA, "sft"), batch_size=settings.batch_size)
     finite = z[z.isfinite()]
     coef = float(finite.mean())
     median = float(finite.median())
+    keeps = sorted({ARMS[a].screen_keep for a in settings.arms if ARMS[a].calibrated_screen} | {0.5})
+    thresholds = {f"{k:g}": keep_threshold(finite.tolist(), k) for k in keeps}
     say(f"[emoreg demo] calibration: the frozen base model reads the {len(finite)} training replies at "
-        f"z = {coef:.3f} (mean), {median:.3f} (median) at layer {reader.layer}; steer_coef = {coef:.3f} (z units), "
-        f"screen max_z = {median:.3f}")
-    return {"steer_coef": coef, "layer": reader.layer, "rows": int(len(finite)),
+        f"z = {coef:.3f} (mean), {median:.3f} (median) at layer {layer}; steer_coef = {coef:.3f} (z units), "
+        f"screen max_z = " + ", ".join(f"{t:.3f} (keep {k})" for k, t in thresholds.items()))
+    return {"steer_coef": coef, "layer": layer, "rows": int(len(finite)),
             "reply_z_std": float(finite.std()) if len(finite) > 1 else 0.0,
             "rule": "mean frozen-base z-score of the training replies (in context, reply tokens) at the steer layer",
             "screen_max_z": median,
-            "screen_rule": "median frozen-base z-score of the training replies: the less desperate half is kept"}
+            "screen_rule": "median frozen-base z-score of the training replies: the less desperate half is kept",
+            "screen_thresholds": thresholds,
+            "screen_thresholds_rule": "keep-quantile of the frozen-base z-scores of the training replies"}
 
 
-def _train_arm(recipe, output_dir: Path) -> dict[str, Any]:
+def train_arm(recipe, output_dir: Path) -> dict[str, Any]:
     """Train one arm, or reuse a finished run of the same recipe (``emoreg_train.json`` + weights present)."""
     from emoreg.models.provenance import TRAIN_INFO_FILE
     from emoreg.train.run import train
