@@ -185,8 +185,8 @@ def calibrate(settings: DemoConfig, *, say: Callable[[str], None] = print) -> di
     moves the projection by as much as the training targets carry, and the gradient no longer needs to build it.
     A screening arm that keeps a fraction ``k`` of the rows gets the ``k``-quantile of the readings as its
     ``max_z`` (``screen_thresholds``; ``screen_max_z`` is the median, the ``screen`` arm's). No held-out request,
-    no eval metric and no trained model is involved; the ``screen_val`` arm's fraction was chosen on a validation
-    split of the training requests (:mod:`emoreg.demo.validation`).
+    no eval metric and no trained model is involved; the ``screen`` arm's fraction (0.5) is the one a validation
+    split of the training requests chooses (:mod:`emoreg.demo.validation`, ``scripts/select_screen_keep.py``).
     """
     from emoreg.demo.validation import keep_threshold
     from emoreg.train.data import load_rows
